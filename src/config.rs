@@ -1,0 +1,144 @@
+//! Service configuration: flags, `STREAMSCORE_*` environment variables, and librdkafka
+//! properties passed through verbatim.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::record::DEFAULT_MAX_RECORD_BYTES;
+
+/// Prefix of environment variables that become librdkafka properties:
+/// `STREAMSCORE_KAFKA_SECURITY_PROTOCOL=SASL_SSL` → `security.protocol=SASL_SSL`.
+pub const KAFKA_ENV_PREFIX: &str = "STREAMSCORE_KAFKA_";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated host:port.
+    #[arg(long, env = "STREAMSCORE_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// librdkafka property for both the consumer and the producer, as in kcat (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// `-X` flags plus `STREAMSCORE_KAFKA_*` variables; flags win on conflicts.
+    pub fn all_properties(&self) -> Vec<(String, String)> {
+        let mut props = properties_from_env(std::env::vars());
+        props.extend(self.properties.iter().cloned());
+        props
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[arg(long, env = "STREAMSCORE_INPUT_TOPIC", default_value = "features")]
+    pub input_topic: String,
+    #[arg(long, env = "STREAMSCORE_OUTPUT_TOPIC", default_value = "predictions")]
+    pub output_topic: String,
+    #[arg(long, env = "STREAMSCORE_DEAD_LETTER_TOPIC", default_value = "dead-letters")]
+    pub dead_letter_topic: String,
+    /// Consumer group; instances with the same group share the input partitions.
+    #[arg(long, env = "STREAMSCORE_GROUP", default_value = "streamscore")]
+    pub group: String,
+    /// Model file; reloads re-read it, and may only name files in its directory.
+    #[arg(long, env = "STREAMSCORE_MODEL", default_value = "models/iris-forest.json")]
+    pub model: PathBuf,
+    /// Let a reload replace the model with one of another kind.
+    #[arg(long, env = "STREAMSCORE_ALLOW_KIND_CHANGE")]
+    pub allow_kind_change: bool,
+    /// A micro-batch closes this long after its first record (e.g. 100ms, 1s).
+    #[arg(long, env = "STREAMSCORE_BATCH_INTERVAL", default_value = "100ms", value_parser = parse_interval)]
+    pub batch_interval: Duration,
+    /// ... or when it holds this many records.
+    #[arg(long, env = "STREAMSCORE_MAX_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_batch: u32,
+    /// Larger input records are dead-lettered as `too_large`.
+    #[arg(long, env = "STREAMSCORE_MAX_RECORD_BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
+    /// Address of the HTTP side port (health, readiness, metrics, model admin).
+    #[arg(long, env = "STREAMSCORE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+}
+
+impl ServeArgs {
+    pub fn pipeline_config(&self) -> crate::pipeline::PipelineConfig {
+        crate::pipeline::PipelineConfig {
+            brokers: self.kafka.brokers.clone(),
+            properties: self.kafka.all_properties(),
+            consumer_properties: Vec::new(),
+            input_topic: self.input_topic.clone(),
+            output_topic: self.output_topic.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            group: self.group.clone(),
+            batch_interval: self.batch_interval,
+            max_batch: self.max_batch as usize,
+            max_record_bytes: self.max_record_bytes,
+        }
+    }
+}
+
+pub fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE (a librdkafka property), got {s:?}")),
+    }
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 100ms or 1s)"))?;
+    if d.is_zero() {
+        return Err("the batch interval must be above zero".into());
+    }
+    Ok(d)
+}
+
+fn properties_from_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut props: Vec<(String, String)> = vars
+        .filter_map(|(name, value)| {
+            let key = name.strip_prefix(KAFKA_ENV_PREFIX)?;
+            Some((key.to_ascii_lowercase().replace('_', "."), value))
+        })
+        .collect();
+    props.sort();
+    props
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_parse() {
+        assert_eq!(
+            parse_property("security.protocol=SASL_SSL").unwrap(),
+            ("security.protocol".into(), "SASL_SSL".into())
+        );
+        assert_eq!(parse_property("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_property("novalue").is_err());
+        assert!(parse_property("=x").is_err());
+    }
+
+    #[test]
+    fn env_properties_map_to_librdkafka_names() {
+        let vars = vec![
+            ("STREAMSCORE_KAFKA_SASL_MECHANISM".to_string(), "PLAIN".to_string()),
+            ("STREAMSCORE_BROKERS".to_string(), "x:1".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        assert_eq!(
+            properties_from_env(vars.into_iter()),
+            vec![("sasl.mechanism".to_string(), "PLAIN".to_string())]
+        );
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! The HTTP side port: health, readiness, metrics, model metadata and hot reload.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::ModelError;
+use crate::pipeline::Shared;
+use crate::service::reload_model;
+
+/// Admin requests are tiny JSON documents; anything larger is refused unread.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub shared: Arc<Shared>,
+    /// When set, admin endpoints require `Authorization: Bearer <token>`.
+    pub admin_token: Option<Arc<str>>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/model", get(model))
+        .route("/model/reload", post(reload))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let assignment = &state.shared.assignment;
+    let model = state.shared.store.current();
+    let body = json!({
+        "ready": assignment.received(),
+        "partitions": assignment.count(),
+        "model_version": model.version,
+    });
+    if assignment.received() {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        let mut body = body;
+        body["reason"] = json!("waiting for the consumer group to assign partitions");
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn model(State(state): State<HttpState>) -> Json<serde_json::Value> {
+    Json(state.shared.store.current().describe())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReloadRequest {
+    /// A file in the model directory to load instead of the configured one.
+    path: Option<PathBuf>,
+}
+
+async fn reload(State(state): State<HttpState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        return refusal;
+    }
+    let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReloadRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad reload request: {e}")),
+        }
+    };
+    let shared = Arc::clone(&state.shared);
+    // Reading and compiling a model is blocking file and CPU work: keep it off the
+    // async workers that serve the pipeline.
+    let result = tokio::task::spawn_blocking(move || reload_model(&shared, request.path.as_deref())).await;
+    match result {
+        Ok(Ok(model)) => (StatusCode::OK, Json(json!({ "reloaded": true, "model": model.describe() }))).into_response(),
+        Ok(Err(e)) => {
+            let status = match e {
+                ModelError::OutsideModelDir(_) => StatusCode::FORBIDDEN,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            error(status, e.to_string())
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("reload task failed: {e}")),
+    }
+}
+
+fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = &state.admin_token else {
+        return Ok(());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs Authorization: Bearer <STREAMSCORE_ADMIN_TOKEN>".into(),
+        )),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secrets"));
+    }
+}

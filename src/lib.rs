@@ -1,0 +1,18 @@
+//! streamscore: a Kafka-to-Kafka scoring service.
+//!
+//! Records flow `pipeline::source` → `pipeline::batch` → `transform` (decode, score, encode)
+//! → `pipeline::sink`, and a batch's offsets are committed only after every record it
+//! produced has been acknowledged. See README.md for the picture.
+
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod record;
+pub mod score;
+pub mod service;
+pub mod train;
+pub mod transform;

@@ -1,0 +1,314 @@
+//! Models: the file format, its validation, and the scoring forms the pipeline calls.
+//!
+//! A model file is one JSON document: an envelope (format, version, creation time, metadata)
+//! around a body whose `kind` decides how records are decoded and scored. The version is a
+//! content hash, re-checked on load, so a truncated or hand-edited file is refused rather
+//! than half-trusted.
+
+pub mod forest;
+pub mod recommender;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use forest::{Forest, ForestSpec};
+pub use recommender::{Recommender, RecommenderSpec};
+pub use store::ModelStore;
+
+/// The model-file layout this build reads and writes.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model file is not valid JSON of the expected shape: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("model file format {0} is not supported (this build reads format {FORMAT})")]
+    UnsupportedFormat(u32),
+    #[error("model file version {stated} does not match its contents (hash {actual}): the file is corrupt or was edited")]
+    VersionMismatch { stated: String, actual: String },
+    #[error("invalid model: {0}")]
+    Invalid(String),
+    #[error("model kind would change from {from} to {to}; allow it explicitly to switch kinds")]
+    KindChanged { from: ModelKind, to: ModelKind },
+    #[error("model features would change from {from:?} to {to:?}")]
+    FeaturesChanged { from: Vec<String>, to: Vec<String> },
+    #[error("{0} is outside the model directory")]
+    OutsideModelDir(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    RandomForest,
+    MatrixFactorization,
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelKind::RandomForest => "random_forest",
+            ModelKind::MatrixFactorization => "matrix_factorization",
+        })
+    }
+}
+
+/// What a model says about itself, served by `GET /model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    /// Input fields, in the order the model reads them.
+    pub features: Vec<String>,
+    /// Output labels of a classifier; empty for a recommender.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Hyperparameters the model was trained with.
+    #[serde(default)]
+    pub params: serde_json::Value,
+    /// Evaluation figures printed at training time.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "model", rename_all = "snake_case")]
+pub enum ModelBody {
+    RandomForest(ForestSpec),
+    MatrixFactorization(RecommenderSpec),
+}
+
+impl ModelBody {
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            ModelBody::RandomForest(_) => ModelKind::RandomForest,
+            ModelBody::MatrixFactorization(_) => ModelKind::MatrixFactorization,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    pub format: u32,
+    pub version: String,
+    pub created_at: String,
+    pub meta: ModelMeta,
+    #[serde(flatten)]
+    pub body: ModelBody,
+}
+
+impl ModelFile {
+    /// Wraps a freshly trained body, stamping its content hash and creation time.
+    ///
+    /// `SOURCE_DATE_EPOCH` pins the creation time, so that the same data and seed give a
+    /// byte-identical file (the reproducible-builds convention).
+    pub fn new(meta: ModelMeta, body: ModelBody) -> Self {
+        let version = content_version(&meta, &body);
+        Self {
+            format: FORMAT,
+            version,
+            created_at: creation_time(),
+            meta,
+            body,
+        }
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        self.body.kind()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {
+        let file: ModelFile = serde_json::from_slice(bytes)?;
+        if file.format != FORMAT {
+            return Err(ModelError::UnsupportedFormat(file.format));
+        }
+        let actual = content_version(&file.meta, &file.body);
+        if actual != file.version {
+            return Err(ModelError::VersionMismatch {
+                stated: file.version,
+                actual,
+            });
+        }
+        Ok(file)
+    }
+
+    pub fn read(path: &Path) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&bytes)
+    }
+
+    /// Writes through a temporary file and a rename, so a service reloading this path
+    /// never reads a half-written model.
+    pub fn write(&self, path: &Path) -> Result<(), ModelError> {
+        let io_err = |source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(self)?;
+        std::fs::write(&tmp, bytes).map_err(io_err)?;
+        std::fs::rename(&tmp, path).map_err(io_err)
+    }
+}
+
+fn content_version(meta: &ModelMeta, body: &ModelBody) -> String {
+    let prefix = match body.kind() {
+        ModelKind::RandomForest => "rf",
+        ModelKind::MatrixFactorization => "mf",
+    };
+    let mut hasher = Sha256::new();
+    // Serialising plain data to a Vec cannot fail: no maps with non-string keys, no I/O.
+    let bytes = serde_json::to_vec(&(FORMAT, meta, body)).unwrap_or_default();
+    hasher.update(&bytes);
+    let digest = hasher.finalize();
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
+}
+
+fn creation_time() -> String {
+    let now = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap_or_else(SystemTime::now);
+    humantime::format_rfc3339_seconds(now).to_string()
+}
+
+/// A model ready to score: its file's description plus the compiled scoring form.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub version: String,
+    pub created_at: String,
+    pub meta: ModelMeta,
+    pub model: Model,
+}
+
+/// The scoring forms, one per kind. The pipeline matches on this once per batch.
+#[derive(Debug)]
+pub enum Model {
+    Forest(Forest),
+    Recommender(Recommender),
+}
+
+impl LoadedModel {
+    pub fn from_file(file: ModelFile) -> Result<Self, ModelError> {
+        let model = match &file.body {
+            ModelBody::RandomForest(spec) => {
+                if file.meta.features.is_empty() {
+                    return Err(ModelError::Invalid("a forest needs at least one feature".into()));
+                }
+                Model::Forest(Forest::compile(
+                    spec,
+                    file.meta.features.len(),
+                    file.meta.classes.len(),
+                )?)
+            }
+            ModelBody::MatrixFactorization(spec) => Model::Recommender(Recommender::compile(spec)?),
+        };
+        Ok(Self {
+            version: file.version,
+            created_at: file.created_at,
+            meta: file.meta,
+            model,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::from_file(ModelFile::read(path)?)
+    }
+
+    pub fn kind(&self) -> ModelKind {
+        match self.model {
+            Model::Forest(_) => ModelKind::RandomForest,
+            Model::Recommender(_) => ModelKind::MatrixFactorization,
+        }
+    }
+
+    /// The metadata document served by `GET /model`.
+    pub fn describe(&self) -> serde_json::Value {
+        let mut doc = serde_json::json!({
+            "kind": self.kind(),
+            "version": self.version,
+            "created_at": self.created_at,
+            "features": self.meta.features,
+            "classes": self.meta.classes,
+            "params": self.meta.params,
+            "metrics": self.meta.metrics,
+        });
+        let detail = match &self.model {
+            Model::Forest(f) => serde_json::json!({ "trees": f.n_trees() }),
+            Model::Recommender(r) => r.describe(),
+        };
+        if let (Some(doc), serde_json::Value::Object(extra)) = (doc.as_object_mut(), detail) {
+            doc.extend(extra);
+        }
+        doc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forest::{NodeSpec, TreeSpec};
+    use super::*;
+
+    fn tiny() -> ModelFile {
+        let meta = ModelMeta {
+            features: vec!["x".into()],
+            classes: vec!["a".into(), "b".into()],
+            params: serde_json::json!({}),
+            metrics: BTreeMap::new(),
+        };
+        let body = ModelBody::RandomForest(ForestSpec {
+            trees: vec![TreeSpec {
+                nodes: vec![NodeSpec::Leaf {
+                    distribution: vec![0.5, 0.5],
+                }],
+            }],
+        });
+        ModelFile::new(meta, body)
+    }
+
+    #[test]
+    fn round_trips_and_checks_its_hash() {
+        let file = tiny();
+        let bytes = serde_json::to_vec(&file).unwrap();
+        assert_eq!(ModelFile::from_json(&bytes).unwrap(), file);
+
+        let edited = String::from_utf8(bytes).unwrap().replace("0.5", "0.25");
+        assert!(matches!(
+            ModelFile::from_json(edited.as_bytes()),
+            Err(ModelError::VersionMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_truncated_and_foreign_files() {
+        let bytes = serde_json::to_vec(&tiny()).unwrap();
+        assert!(matches!(
+            ModelFile::from_json(&bytes[..bytes.len() / 2]),
+            Err(ModelError::Parse(_))
+        ));
+        assert!(ModelFile::from_json(b"{\"hello\": 1}").is_err());
+        let mut future = tiny();
+        future.format = 99;
+        let bytes = serde_json::to_vec(&future).unwrap();
+        assert!(matches!(
+            ModelFile::from_json(&bytes),
+            Err(ModelError::UnsupportedFormat(99))
+        ));
+    }
+}

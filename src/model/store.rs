@@ -1,0 +1,97 @@
+//! The live model, swapped atomically on reload.
+//!
+//! Scoring takes a snapshot (`current`) once per batch, so a batch in flight finishes on the
+//! model it started with, and a reload never blocks scoring: the new file is read, validated
+//! and compiled off the hot path, then published with one pointer swap.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::{LoadedModel, ModelError};
+
+pub struct ModelStore {
+    current: ArcSwap<LoadedModel>,
+    configured_path: PathBuf,
+    /// Reloads may only read files below this directory (the configured file's own).
+    model_dir: PathBuf,
+    allow_kind_change: bool,
+    /// Serialises reloads so that validation and swap act on the same "old" model.
+    reload_lock: Mutex<()>,
+}
+
+impl ModelStore {
+    /// Loads the configured model; a service with no valid model refuses to start.
+    pub fn open(path: &Path, allow_kind_change: bool) -> Result<Self, ModelError> {
+        let model = LoadedModel::load(path)?;
+        let io_err = |source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let configured_path = path.canonicalize().map_err(io_err)?;
+        let model_dir = configured_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        Ok(Self {
+            current: ArcSwap::from_pointee(model),
+            configured_path,
+            model_dir,
+            allow_kind_change,
+            reload_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn current(&self) -> Arc<LoadedModel> {
+        self.current.load_full()
+    }
+
+    pub fn configured_path(&self) -> &Path {
+        &self.configured_path
+    }
+
+    /// Re-reads the configured file, or `path` when given (resolved against the model
+    /// directory and refused if it leaves it). A file that fails any check leaves the
+    /// running model in place.
+    pub fn reload(&self, path: Option<&Path>) -> Result<Arc<LoadedModel>, ModelError> {
+        let path = match path {
+            None => self.configured_path.clone(),
+            Some(p) => self.resolve_in_model_dir(p)?,
+        };
+        let candidate = LoadedModel::load(&path)?;
+        let _guard = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let old = self.current.load();
+        if candidate.kind() != old.kind() && !self.allow_kind_change {
+            return Err(ModelError::KindChanged {
+                from: old.kind(),
+                to: candidate.kind(),
+            });
+        }
+        if candidate.kind() == old.kind() && candidate.meta.features != old.meta.features {
+            return Err(ModelError::FeaturesChanged {
+                from: old.meta.features.clone(),
+                to: candidate.meta.features.clone(),
+            });
+        }
+        let candidate = Arc::new(candidate);
+        self.current.store(Arc::clone(&candidate));
+        Ok(candidate)
+    }
+
+    fn resolve_in_model_dir(&self, path: &Path) -> Result<PathBuf, ModelError> {
+        let joined = self.model_dir.join(path);
+        let resolved = joined.canonicalize().map_err(|source| ModelError::Io {
+            path: joined.clone(),
+            source,
+        })?;
+        if resolved.starts_with(&self.model_dir) {
+            Ok(resolved)
+        } else {
+            Err(ModelError::OutsideModelDir(path.to_owned()))
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Record schemas: what the service reads, what it writes, and why it refuses a record.
+
+pub mod decode;
+pub mod encode;
+
+use std::fmt;
+
+/// Default ceiling on one input record; larger ones are dead-lettered unread.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Why a record was dead-lettered. The code is the `streamscore.reason` header value, a
+/// stable identifier for alerting and replay tooling; the detail is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No value at all, or a zero-length one.
+    Empty,
+    TooLarge,
+    NotUtf8,
+    InvalidJson,
+    /// Nested deeper than the JSON parser's recursion limit.
+    TooDeep,
+    NotObject,
+    DuplicateField,
+    MissingFeature,
+    NonNumericFeature,
+    NonFiniteFeature,
+    MissingUid,
+    InvalidUid,
+    InvalidCount,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 13] = [
+        Reason::Empty,
+        Reason::TooLarge,
+        Reason::NotUtf8,
+        Reason::InvalidJson,
+        Reason::TooDeep,
+        Reason::NotObject,
+        Reason::DuplicateField,
+        Reason::MissingFeature,
+        Reason::NonNumericFeature,
+        Reason::NonFiniteFeature,
+        Reason::MissingUid,
+        Reason::InvalidUid,
+        Reason::InvalidCount,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Empty => "empty",
+            Reason::TooLarge => "too_large",
+            Reason::NotUtf8 => "not_utf8",
+            Reason::InvalidJson => "invalid_json",
+            Reason::TooDeep => "too_deep",
+            Reason::NotObject => "not_object",
+            Reason::DuplicateField => "duplicate_field",
+            Reason::MissingFeature => "missing_feature",
+            Reason::NonNumericFeature => "non_numeric_feature",
+            Reason::NonFiniteFeature => "non_finite_feature",
+            Reason::MissingUid => "missing_uid",
+            Reason::InvalidUid => "invalid_uid",
+            Reason::InvalidCount => "invalid_n",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// Where an input record came from; carried into its output so results can be traced back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePosition {
+    pub partition: i32,
+    pub offset: i64,
+}

@@ -1,0 +1,176 @@
+//! `streamscore serve`: the pipeline and the HTTP side port, wired to signals.
+//!
+//! One cancellation token is the shutdown signal for everything (the mini-redis shape):
+//! SIGTERM/SIGINT cancel it, the pipeline finishes the batch it holds, flushes and commits,
+//! and the HTTP server stops taking requests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::ServeArgs;
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::model::{LoadedModel, ModelError, ModelStore};
+use crate::pipeline::{self, source::Assignment, PipelineConfig, Shared};
+
+pub const ADMIN_TOKEN_ENV: &str = "STREAMSCORE_ADMIN_TOKEN";
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub pipeline: PipelineConfig,
+    pub model: PathBuf,
+    pub allow_kind_change: bool,
+    pub http_addr: SocketAddr,
+    pub admin_token: Option<String>,
+}
+
+impl ServiceConfig {
+    pub fn from_args(args: &ServeArgs) -> Self {
+        Self {
+            pipeline: args.pipeline_config(),
+            model: args.model.clone(),
+            allow_kind_change: args.allow_kind_change,
+            http_addr: args.http_addr,
+            admin_token: std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+        }
+    }
+}
+
+/// A running service: its HTTP address, its shared state, and the handle that stops it.
+pub struct ServiceHandle {
+    pub http_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    pub shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServiceHandle {
+    /// Waits for the service to end: `Ok` after a clean shutdown.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the service task panicked")?
+    }
+
+    /// Requests a graceful shutdown and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Loads the model, binds the side port and starts the pipeline. Returns once both run.
+pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
+    let store = ModelStore::open(&config.model, config.allow_kind_change)
+        .with_context(|| format!("loading model {}", config.model.display()))?;
+    let metrics = Arc::new(Metrics::new());
+    let model = store.current();
+    metrics.set_model(&model.kind().to_string(), &model.version);
+    info!(kind = %model.kind(), version = %model.version, path = %config.model.display(), "model loaded");
+    let shared = Arc::new(Shared {
+        store: Arc::new(store),
+        metrics,
+        assignment: Arc::new(Assignment::default()),
+    });
+
+    let listener = http::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP side port {}", config.http_addr))?;
+    let http_addr = listener.local_addr()?;
+    info!(%http_addr, "HTTP side port listening");
+
+    let shutdown = CancellationToken::new();
+    let http_state = HttpState {
+        shared: Arc::clone(&shared),
+        admin_token: config.admin_token.map(Arc::from),
+    };
+    let http_stop = shutdown.child_token();
+    let http_task = tokio::spawn(http::serve(listener, http_state, http_stop.clone()));
+
+    let pipeline_shared = Arc::clone(&shared);
+    let pipeline_stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let result = pipeline::run(config.pipeline, &pipeline_shared, pipeline_stop).await;
+        // The side port lives exactly as long as the pipeline: a stopped pipeline must
+        // not keep reporting ready.
+        http_stop.cancel();
+        match http_task.await {
+            Ok(Err(e)) => warn!(error = %e, "HTTP side port"),
+            Err(e) => warn!(error = %e, "HTTP side port task"),
+            Ok(Ok(())) => {}
+        }
+        result
+    });
+    Ok(ServiceHandle {
+        http_addr,
+        shared,
+        shutdown,
+        task,
+    })
+}
+
+/// Reloads the model (the configured file, or `path` in its directory) and records the
+/// outcome; shared by `POST /model/reload` and SIGHUP.
+pub fn reload_model(shared: &Shared, path: Option<&Path>) -> Result<Arc<LoadedModel>, ModelError> {
+    match shared.store.reload(path) {
+        Ok(model) => {
+            shared.metrics.reloads.with_label_values(&["ok"]).inc();
+            shared.metrics.set_model(&model.kind().to_string(), &model.version);
+            info!(kind = %model.kind(), version = %model.version, "model reloaded");
+            Ok(model)
+        }
+        Err(e) => {
+            shared.metrics.reloads.with_label_values(&["failed"]).inc();
+            warn!(error = %e, "model reload refused; the previous model keeps scoring");
+            Err(e)
+        }
+    }
+}
+
+/// `streamscore serve`: runs until SIGTERM/SIGINT, reloading on SIGHUP.
+pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let handle = start(ServiceConfig::from_args(args)).await?;
+    let signals = tokio::spawn(handle_signals(Arc::clone(&handle.shared), handle.shutdown.clone()));
+    let result = handle.wait().await;
+    signals.abort();
+    if let Err(e) = &result {
+        error!(error = format!("{e:#}"), "service stopped on an error");
+    }
+    result
+}
+
+#[cfg(unix)]
+async fn handle_signals(shared: Arc<Shared>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        warn!("cannot install signal handlers; stop the service with SIGKILL only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let shared = Arc::clone(&shared);
+                // A failed reload is already logged and counted; the old model stays.
+                let _ = tokio::task::spawn_blocking(move || reload_model(&shared, None)).await;
+            }
+        }
+    }
+    info!("shutdown requested: finishing the batch in flight");
+    shutdown.cancel();
+}
+
+#[cfg(not(unix))]
+async fn handle_signals(_shared: Arc<Shared>, shutdown: CancellationToken) {
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+}

@@ -1,0 +1,119 @@
+//! One micro-batch through decode → score → encode, on one model snapshot.
+//!
+//! Shared by the Kafka pipeline and the `score` command, so that what is tested offline is
+//! exactly what runs on the stream. The model is scored once per batch (one vectorised call);
+//! records that fail to decode never reach it and come back as rejections in input order.
+
+use ndarray::Array2;
+use serde_json::value::RawValue;
+
+use crate::model::forest::argmax_rows;
+use crate::model::recommender::Request;
+use crate::model::{Forest, LoadedModel, Model, Recommender};
+use crate::record::decode::{decode_user_event, payload_text, FeatureDecoder, FeatureSchema};
+use crate::record::encode::{to_json, Classification, Items, RecommendationOut};
+use crate::record::{Rejection, SourcePosition};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub payload: Option<&'a [u8]>,
+    pub source: SourcePosition,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The output record's JSON value.
+    Scored(Vec<u8>),
+    Rejected(Rejection),
+}
+
+/// Turns a batch of inputs into one outcome per input, in the same order.
+pub fn transform_batch(model: &LoadedModel, inputs: &[Input<'_>], max_record_bytes: usize) -> Vec<Outcome> {
+    match &model.model {
+        Model::Forest(forest) => classify(model, forest, inputs, max_record_bytes),
+        Model::Recommender(recommender) => recommend(model, recommender, inputs, max_record_bytes),
+    }
+}
+
+fn classify(model: &LoadedModel, forest: &Forest, inputs: &[Input<'_>], max_bytes: usize) -> Vec<Outcome> {
+    let n_features = model.meta.features.len();
+    let mut decoder = FeatureDecoder::new(FeatureSchema::new(&model.meta.features));
+    let mut matrix = Vec::with_capacity(inputs.len() * n_features);
+    let mut decoded: Vec<Result<Option<&RawValue>, Rejection>> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let start = matrix.len();
+        matrix.resize(start + n_features, 0.0);
+        let result = payload_text(input.payload, max_bytes)
+            .and_then(|text| decoder.decode(text, &mut matrix[start..]));
+        if result.is_err() {
+            matrix.truncate(start);
+        }
+        decoded.push(result);
+    }
+    let rows = matrix.len() / n_features;
+    let probabilities = match Array2::from_shape_vec((rows, n_features), matrix) {
+        Ok(features) => forest.predict_proba(features.view()),
+        Err(_) => unreachable!("the matrix holds exactly `rows` rows of `n_features` values"),
+    };
+    let labels = argmax_rows(&probabilities);
+    let mut row = 0;
+    decoded
+        .into_iter()
+        .zip(inputs)
+        .map(|(result, input)| match result {
+            Err(rejection) => Outcome::Rejected(rejection),
+            Ok(id) => {
+                let probs = probabilities.row(row);
+                let out = Classification::new(
+                    id,
+                    &model.meta.classes,
+                    probs.as_slice().unwrap_or_default(),
+                    labels[row],
+                    &model.version,
+                    input.source,
+                );
+                row += 1;
+                Outcome::Scored(to_json(&out))
+            }
+        })
+        .collect()
+}
+
+fn recommend(
+    model: &LoadedModel,
+    recommender: &Recommender,
+    inputs: &[Input<'_>],
+    max_bytes: usize,
+) -> Vec<Outcome> {
+    let decoded: Vec<_> = inputs
+        .iter()
+        .map(|input| payload_text(input.payload, max_bytes).and_then(decode_user_event))
+        .collect();
+    let requests: Vec<Request> = decoded
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|e| Request { uid: e.uid, n: e.n })
+        .collect();
+    let mut recommendations = recommender.recommend_batch(&requests).into_iter();
+    decoded
+        .into_iter()
+        .zip(inputs)
+        .map(|(result, input)| match result {
+            Err(rejection) => Outcome::Rejected(rejection),
+            Ok(event) => {
+                let Some(rec) = recommendations.next() else {
+                    unreachable!("the recommender answers every request")
+                };
+                Outcome::Scored(to_json(&RecommendationOut {
+                    id: event.id,
+                    uid: event.uid,
+                    items: Items(&rec),
+                    cold_start: rec.cold_start,
+                    model_version: &model.version,
+                    partition: input.source.partition,
+                    offset: input.source.offset,
+                }))
+            }
+        })
+        .collect()
+}
