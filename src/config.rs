@@ -38,13 +38,21 @@ pub struct ServeArgs {
     pub input_topic: String,
     #[arg(long, env = "STREAMSCORE_OUTPUT_TOPIC", default_value = "predictions")]
     pub output_topic: String,
-    #[arg(long, env = "STREAMSCORE_DEAD_LETTER_TOPIC", default_value = "dead-letters")]
+    #[arg(
+        long,
+        env = "STREAMSCORE_DEAD_LETTER_TOPIC",
+        default_value = "dead-letters"
+    )]
     pub dead_letter_topic: String,
     /// Consumer group; instances with the same group share the input partitions.
     #[arg(long, env = "STREAMSCORE_GROUP", default_value = "streamscore")]
     pub group: String,
     /// Model file; reloads re-read it, and may only name files in its directory.
-    #[arg(long, env = "STREAMSCORE_MODEL", default_value = "models/iris-forest.json")]
+    #[arg(
+        long,
+        env = "STREAMSCORE_MODEL",
+        default_value = "models/iris-forest.json"
+    )]
     pub model: PathBuf,
     /// Let a reload replace the model with one of another kind.
     #[arg(long, env = "STREAMSCORE_ALLOW_KIND_CHANGE")]
@@ -84,7 +92,9 @@ impl ServeArgs {
 pub fn parse_property(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("expected KEY=VALUE (a librdkafka property), got {s:?}")),
+        _ => Err(format!(
+            "expected KEY=VALUE (a librdkafka property), got {s:?}"
+        )),
     }
 }
 
@@ -125,7 +135,10 @@ mod tests {
     #[test]
     fn env_properties_map_to_librdkafka_names() {
         let vars = vec![
-            ("STREAMSCORE_KAFKA_SASL_MECHANISM".to_string(), "PLAIN".to_string()),
+            (
+                "STREAMSCORE_KAFKA_SASL_MECHANISM".to_string(),
+                "PLAIN".to_string(),
+            ),
             ("STREAMSCORE_BROKERS".to_string(), "x:1".to_string()),
             ("HOME".to_string(), "/root".to_string()),
         ];

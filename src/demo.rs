@@ -60,7 +60,8 @@ struct Sample {
 }
 
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let model = LoadedModel::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = LoadedModel::load(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let samples = match &model.model {
         Model::Forest(_) => iris_samples(args, &model)?,
         Model::Recommender(_) => user_event_samples(),
@@ -95,10 +96,15 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         model: args.model.clone(),
         allow_kind_change: true,
         http_addr: args.http_addr,
-        admin_token: std::env::var(service::ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+        admin_token: std::env::var(service::ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty()),
     })
     .await?;
-    println!("side port: http://{}  (try /model, /metrics, /readyz)", service.http_addr);
+    println!(
+        "side port: http://{}  (try /model, /metrics, /readyz)",
+        service.http_addr
+    );
 
     let interrupted = CancellationToken::new();
     let on_ctrl_c = interrupted.clone();
@@ -110,7 +116,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
     let watcher = output_consumer(&brokers, args.partitions)?;
     produce(&brokers, &samples).await?;
-    println!("sent {} records to {INPUT_TOPIC}; waiting for results…", samples.len());
+    println!(
+        "sent {} records to {INPUT_TOPIC}; waiting for results…",
+        samples.len()
+    );
 
     let expected: HashMap<&str, &str> = samples
         .iter()
@@ -118,7 +127,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .collect();
     let tally = watch(&watcher, samples.len(), &expected, args, &interrupted).await;
     if args.forever && !interrupted.is_cancelled() {
-        println!("serving until Ctrl-C (broker {brokers}, side port http://{})", service.http_addr);
+        println!(
+            "serving until Ctrl-C (broker {brokers}, side port http://{})",
+            service.http_addr
+        );
         interrupted.cancelled().await;
     }
     service.stop().await?;
@@ -129,11 +141,18 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         tally.dead_letters,
         match tally.labelled {
             0 => String::new(),
-            n => format!(", accuracy {:.3} on {n} labelled rows", tally.correct as f64 / n as f64),
+            n => format!(
+                ", accuracy {:.3} on {n} labelled rows",
+                tally.correct as f64 / n as f64
+            ),
         }
     );
     if tally.predictions + tally.dead_letters < samples.len() && !interrupted.is_cancelled() {
-        bail!("only {} of {} records came back", tally.predictions + tally.dead_letters, samples.len());
+        bail!(
+            "only {} of {} records came back",
+            tally.predictions + tally.dead_letters,
+            samples.len()
+        );
     }
     Ok(())
 }
@@ -187,11 +206,16 @@ fn user_event_samples() -> Vec<Sample> {
         .iter()
         .map(|uid| Sample {
             key: format!("user-{uid}"),
-            value: serde_json::json!({ "uid": uid, "n": 5 }).to_string().into_bytes(),
+            value: serde_json::json!({ "uid": uid, "n": 5 })
+                .to_string()
+                .into_bytes(),
             expected: None,
         })
         .collect();
-    for (i, value) in [&br#"{"user": 196}"#[..], br#"{"uid": "196"}"#, b"{"].iter().enumerate() {
+    for (i, value) in [&br#"{"user": 196}"#[..], br#"{"uid": "196"}"#, b"{"]
+        .iter()
+        .enumerate()
+    {
         samples.push(Sample {
             key: format!("broken-{i}"),
             value: value.to_vec(),
@@ -257,8 +281,14 @@ async fn watch(
             _ = tokio::time::sleep_until(deadline) => bail!("timed out after {:?} waiting for results", args.timeout),
             m = consumer.recv() => m?,
         };
-        let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
-        let value = message.payload().map(String::from_utf8_lossy).unwrap_or_default();
+        let key = message
+            .key()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let value = message
+            .payload()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
         if message.topic() == OUTPUT_TOPIC {
             tally.predictions += 1;
             println!("prediction  {key:<10} {value}");
@@ -273,7 +303,12 @@ async fn watch(
             tally.dead_letters += 1;
             let reason = message
                 .headers()
-                .and_then(|h| h.iter().find(|h| h.key == HEADER_REASON)?.value.map(String::from_utf8_lossy))
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == HEADER_REASON)?
+                        .value
+                        .map(String::from_utf8_lossy)
+                })
                 .unwrap_or_default();
             println!("dead letter {key:<10} reason={reason:<20} {value}");
         }

@@ -40,7 +40,11 @@ pub fn router(state: HttpState) -> Router {
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -90,9 +94,16 @@ struct ReloadRequest {
     path: Option<PathBuf>,
 }
 
-async fn reload(State(state): State<HttpState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(refusal) = authorize(&state, &headers) {
-        return refusal;
+async fn reload(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs Authorization: Bearer <STREAMSCORE_ADMIN_TOKEN>".into(),
+        );
     }
     let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReloadRequest::default()
@@ -105,9 +116,14 @@ async fn reload(State(state): State<HttpState>, headers: HeaderMap, body: axum::
     let shared = Arc::clone(&state.shared);
     // Reading and compiling a model is blocking file and CPU work: keep it off the
     // async workers that serve the pipeline.
-    let result = tokio::task::spawn_blocking(move || reload_model(&shared, request.path.as_deref())).await;
+    let result =
+        tokio::task::spawn_blocking(move || reload_model(&shared, request.path.as_deref())).await;
     match result {
-        Ok(Ok(model)) => (StatusCode::OK, Json(json!({ "reloaded": true, "model": model.describe() }))).into_response(),
+        Ok(Ok(model)) => (
+            StatusCode::OK,
+            Json(json!({ "reloaded": true, "model": model.describe() })),
+        )
+            .into_response(),
         Ok(Err(e)) => {
             let status = match e {
                 ModelError::OutsideModelDir(_) => StatusCode::FORBIDDEN,
@@ -115,25 +131,22 @@ async fn reload(State(state): State<HttpState>, headers: HeaderMap, body: axum::
             };
             error(status, e.to_string())
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("reload task failed: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload task failed: {e}"),
+        ),
     }
 }
 
-fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
     let Some(expected) = &state.admin_token else {
-        return Ok(());
+        return true;
     };
-    let presented = headers
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs Authorization: Bearer <STREAMSCORE_ADMIN_TOKEN>".into(),
-        )),
-    }
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes()))
 }
 
 /// Compares without an early exit, so response timing does not reveal the token.

@@ -14,9 +14,12 @@ pub enum LogFormat {
 pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
-        _ => EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("bad log level {level:?}: {e}"))?,
+        _ => EnvFilter::try_new(level)
+            .map_err(|e| anyhow::anyhow!("bad log level {level:?}: {e}"))?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -8,10 +8,19 @@ use streamscore::logging::{self, LogFormat};
 use streamscore::{config, demo, score, service, train};
 
 #[derive(Parser, Debug)]
-#[command(name = "streamscore", version, about = "Kafka-to-Kafka machine-learning scoring service")]
+#[command(
+    name = "streamscore",
+    version,
+    about = "Kafka-to-Kafka machine-learning scoring service"
+)]
 struct Cli {
     /// Log filter: a level (info, debug, ...) or a full tracing filter.
-    #[arg(long, global = true, env = "STREAMSCORE_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "STREAMSCORE_LOG_LEVEL",
+        default_value = "info"
+    )]
     log_level: String,
     /// `text` for people, `json` for log collectors.
     #[arg(long, global = true, env = "STREAMSCORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

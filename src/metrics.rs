@@ -22,7 +22,10 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
 }
 
-fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<T>) -> T {
+fn register<T: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<T>,
+) -> T {
     // invariant: every name, help text and label set below is a fixed, distinct literal, so
     // neither creating nor registering a metric can fail at run time.
     let metric = metric.expect("static metric definition is valid"); // invariant: see above
@@ -37,24 +40,42 @@ impl Metrics {
         let r = Registry::new();
         let ns = |name: &str| format!("streamscore_{name}");
         let m = Self {
-            records_in: register(&r, IntCounter::new(ns("records_in_total"), "Records consumed from the input topic")),
+            records_in: register(
+                &r,
+                IntCounter::new(
+                    ns("records_in_total"),
+                    "Records consumed from the input topic",
+                ),
+            ),
             records_out: register(
                 &r,
-                IntCounter::new(ns("records_out_total"), "Predictions acknowledged on the output topic"),
+                IntCounter::new(
+                    ns("records_out_total"),
+                    "Predictions acknowledged on the output topic",
+                ),
             ),
             records_dead_lettered: register(
                 &r,
                 IntCounterVec::new(
-                    Opts::new(ns("records_dead_lettered_total"), "Records acknowledged on the dead-letter topic, by reason"),
+                    Opts::new(
+                        ns("records_dead_lettered_total"),
+                        "Records acknowledged on the dead-letter topic, by reason",
+                    ),
                     &["reason"],
                 ),
             ),
-            batches: register(&r, IntCounter::new(ns("batches_total"), "Micro-batches committed")),
+            batches: register(
+                &r,
+                IntCounter::new(ns("batches_total"), "Micro-batches committed"),
+            ),
             batch_size: register(
                 &r,
-                Histogram::with_opts(HistogramOpts::new(ns("batch_size_records"), "Records per micro-batch").buckets(vec![
-                    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-                ])),
+                Histogram::with_opts(
+                    HistogramOpts::new(ns("batch_size_records"), "Records per micro-batch")
+                        .buckets(vec![
+                            1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+                        ]),
+                ),
             ),
             batch_latency: register(
                 &r,
@@ -68,33 +89,55 @@ impl Metrics {
             ),
             delivery_retries: register(
                 &r,
-                IntCounter::new(ns("delivery_retries_total"), "Output records re-sent after a failed delivery"),
+                IntCounter::new(
+                    ns("delivery_retries_total"),
+                    "Output records re-sent after a failed delivery",
+                ),
             ),
             commit_failures: register(
                 &r,
-                IntCounter::new(ns("commit_failures_total"), "Offset commits that failed (those records will be re-read)"),
+                IntCounter::new(
+                    ns("commit_failures_total"),
+                    "Offset commits that failed (those records will be re-read)",
+                ),
             ),
             reloads: register(
                 &r,
-                IntCounterVec::new(Opts::new(ns("model_reloads_total"), "Model reloads, by result"), &["result"]),
+                IntCounterVec::new(
+                    Opts::new(ns("model_reloads_total"), "Model reloads, by result"),
+                    &["result"],
+                ),
             ),
             model_info: register(
                 &r,
-                IntGaugeVec::new(Opts::new(ns("model_info"), "The model scoring now (value 1)"), &["kind", "version"]),
+                IntGaugeVec::new(
+                    Opts::new(ns("model_info"), "The model scoring now (value 1)"),
+                    &["kind", "version"],
+                ),
             ),
             consumer_lag: register(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new(ns("consumer_lag_records"), "Records behind the high watermark per input partition"),
+                    Opts::new(
+                        ns("consumer_lag_records"),
+                        "Records behind the high watermark per input partition",
+                    ),
                     &["topic", "partition"],
                 ),
             ),
             assigned_partitions: register(
                 &r,
-                IntGauge::new(ns("assigned_partitions"), "Input partitions assigned to this instance"),
+                IntGauge::new(
+                    ns("assigned_partitions"),
+                    "Input partitions assigned to this instance",
+                ),
             ),
             registry: r,
         };
+        // Every series exists from the start, so dashboards and alerts see zeros, not gaps.
+        for reason in crate::record::Reason::ALL {
+            m.records_dead_lettered.with_label_values(&[reason.code()]);
+        }
         m.reloads.with_label_values(&["ok"]);
         m.reloads.with_label_values(&["failed"]);
         m

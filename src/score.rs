@@ -34,15 +34,24 @@ pub struct ScoreSummary {
 }
 
 pub fn run(args: &ScoreArgs) -> anyhow::Result<ScoreSummary> {
-    let model = LoadedModel::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = LoadedModel::load(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let input: Box<dyn Read> = match args.input.as_deref() {
         None => Box::new(std::io::stdin().lock()),
         Some(p) if p == Path::new("-") => Box::new(std::io::stdin().lock()),
-        Some(p) => Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?),
+        Some(p) => {
+            Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
+        }
     };
     let stdout = std::io::stdout().lock();
     let stderr = std::io::stderr().lock();
-    score_lines(&model, BufReader::new(input), BufWriter::new(stdout), stderr, args.max_record_bytes)
+    score_lines(
+        &model,
+        BufReader::new(input),
+        BufWriter::new(stdout),
+        stderr,
+        args.max_record_bytes,
+    )
 }
 
 /// Scores every line of `input`; `offset` in each output is the 0-based line index.
@@ -61,7 +70,11 @@ pub fn score_lines(
         lines.clear();
         while lines.len() < LINES_PER_BATCH {
             let mut line = Vec::new();
-            if input.read_until(b'\n', &mut line).context("reading input")? == 0 {
+            if input
+                .read_until(b'\n', &mut line)
+                .context("reading input")?
+                == 0
+            {
                 eof = true;
                 break;
             }
@@ -81,7 +94,10 @@ pub fn score_lines(
                 },
             })
             .collect();
-        for (i, outcome) in transform_batch(model, &inputs, max_record_bytes).into_iter().enumerate() {
+        for (i, outcome) in transform_batch(model, &inputs, max_record_bytes)
+            .into_iter()
+            .enumerate()
+        {
             match outcome {
                 Outcome::Scored(json) => {
                     out.write_all(&json)?;

@@ -37,7 +37,9 @@ impl ServiceConfig {
             model: args.model.clone(),
             allow_kind_change: args.allow_kind_change,
             http_addr: args.http_addr,
-            admin_token: std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            admin_token: std::env::var(ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty()),
         }
     }
 }
@@ -119,7 +121,9 @@ pub fn reload_model(shared: &Shared, path: Option<&Path>) -> Result<Arc<LoadedMo
     match shared.store.reload(path) {
         Ok(model) => {
             shared.metrics.reloads.with_label_values(&["ok"]).inc();
-            shared.metrics.set_model(&model.kind().to_string(), &model.version);
+            shared
+                .metrics
+                .set_model(&model.kind().to_string(), &model.version);
             info!(kind = %model.kind(), version = %model.version, "model reloaded");
             Ok(model)
         }
@@ -134,7 +138,10 @@ pub fn reload_model(shared: &Shared, path: Option<&Path>) -> Result<Arc<LoadedMo
 /// `streamscore serve`: runs until SIGTERM/SIGINT, reloading on SIGHUP.
 pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let handle = start(ServiceConfig::from_args(args)).await?;
-    let signals = tokio::spawn(handle_signals(Arc::clone(&handle.shared), handle.shutdown.clone()));
+    let signals = tokio::spawn(handle_signals(
+        Arc::clone(&handle.shared),
+        handle.shutdown.clone(),
+    ));
     let result = handle.wait().await;
     signals.abort();
     if let Err(e) = &result {

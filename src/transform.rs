@@ -28,14 +28,23 @@ pub enum Outcome {
 }
 
 /// Turns a batch of inputs into one outcome per input, in the same order.
-pub fn transform_batch(model: &LoadedModel, inputs: &[Input<'_>], max_record_bytes: usize) -> Vec<Outcome> {
+pub fn transform_batch(
+    model: &LoadedModel,
+    inputs: &[Input<'_>],
+    max_record_bytes: usize,
+) -> Vec<Outcome> {
     match &model.model {
         Model::Forest(forest) => classify(model, forest, inputs, max_record_bytes),
         Model::Recommender(recommender) => recommend(model, recommender, inputs, max_record_bytes),
     }
 }
 
-fn classify(model: &LoadedModel, forest: &Forest, inputs: &[Input<'_>], max_bytes: usize) -> Vec<Outcome> {
+fn classify(
+    model: &LoadedModel,
+    forest: &Forest,
+    inputs: &[Input<'_>],
+    max_bytes: usize,
+) -> Vec<Outcome> {
     let n_features = model.meta.features.len();
     let mut decoder = FeatureDecoder::new(FeatureSchema::new(&model.meta.features));
     let mut matrix = Vec::with_capacity(inputs.len() * n_features);

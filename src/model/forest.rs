@@ -58,7 +58,11 @@ pub struct Forest {
 impl Forest {
     /// Validates a forest read from a file and compiles it. Child indices must point forward
     /// within their tree, which rules out cycles and dangling references in one check.
-    pub fn compile(spec: &ForestSpec, n_features: usize, n_classes: usize) -> Result<Self, ModelError> {
+    pub fn compile(
+        spec: &ForestSpec,
+        n_features: usize,
+        n_classes: usize,
+    ) -> Result<Self, ModelError> {
         let invalid = |tree: usize, node: usize, why: String| {
             ModelError::Invalid(format!("tree {tree}, node {node}: {why}"))
         };
@@ -112,11 +116,18 @@ impl Forest {
                             return Err(invalid(
                                 t,
                                 i,
-                                format!("{} class weights for {n_classes} classes", distribution.len()),
+                                format!(
+                                    "{} class weights for {n_classes} classes",
+                                    distribution.len()
+                                ),
                             ));
                         }
                         if distribution.iter().any(|p| !p.is_finite() || *p < 0.0) {
-                            return Err(invalid(t, i, "class weights must be finite and >= 0".into()));
+                            return Err(invalid(
+                                t,
+                                i,
+                                "class weights must be finite and >= 0".into(),
+                            ));
                         }
                         let offset = leaf_probs.len() as u32;
                         leaf_probs.extend_from_slice(distribution);
@@ -267,8 +278,14 @@ mod tests {
             }],
         };
         assert!(Forest::compile(&cycle, 2, 2).is_err());
-        assert!(Forest::compile(&stump(), 1, 2).is_err(), "feature index out of range");
-        assert!(Forest::compile(&stump(), 2, 3).is_err(), "wrong distribution length");
+        assert!(
+            Forest::compile(&stump(), 1, 2).is_err(),
+            "feature index out of range"
+        );
+        assert!(
+            Forest::compile(&stump(), 2, 3).is_err(),
+            "wrong distribution length"
+        );
         assert!(Forest::compile(&ForestSpec { trees: vec![] }, 2, 2).is_err());
     }
 }

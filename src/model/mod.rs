@@ -209,7 +209,9 @@ impl LoadedModel {
         let model = match &file.body {
             ModelBody::RandomForest(spec) => {
                 if file.meta.features.is_empty() {
-                    return Err(ModelError::Invalid("a forest needs at least one feature".into()));
+                    return Err(ModelError::Invalid(
+                        "a forest needs at least one feature".into(),
+                    ));
                 }
                 Model::Forest(Forest::compile(
                     spec,

@@ -4,15 +4,15 @@
 //! the factors as flat row-major arrays (the shape training produces); compiling validates
 //! them and keeps the item factors as one contiguous (factors × items) matrix, so that all
 //! the known users of a batch are scored by a single matrix product, after which each
-//! user's top `n` is a partial selection (a bounded heap) rather than a sort of every item.
+//! user's top `n` is a partial selection rather than a sort of every item.
 //!
 //! A user the model has never seen gets the most-rated items instead (`cold_start`), scored
 //! by their baseline `μ + b_i`.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashSet;
 
-use ndarray::{Array2, ArrayView1, Axis};
+use ndarray::{Array2, Axis};
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
@@ -69,25 +69,25 @@ pub struct Recommendation<'a> {
 /// The scoring form of a recommender.
 #[derive(Debug)]
 pub struct Recommender {
-    factors: usize,
     global_mean: f32,
-    user_index: HashMap<i64, u32>,
-    user_bias: Vec<f32>,
+    /// Ascending, so that a user is found by binary search; every per-user array follows
+    /// this order rather than the file's.
+    user_ids: Box<[i64]>,
+    user_bias: Box<[f32]>,
     /// users × factors.
     user_factors: Array2<f32>,
-    item_ids: Vec<i64>,
+    item_ids: Box<[i64]>,
     /// `μ + b_i`, so that scoring adds one term per item instead of two.
-    item_base: Vec<f32>,
+    item_base: Box<[f32]>,
     /// factors × items, contiguous: the right-hand side of the batch product.
     item_factors_t: Array2<f32>,
     /// Empty, or one per item.
-    titles: Vec<Option<String>>,
-    /// User `u`'s rated items are `rated_items[rated_start[u]..rated_start[u + 1]]`, sorted
-    /// ascending so that scoring can skip them with a merge instead of a lookup per item.
-    rated_start: Vec<usize>,
-    rated_items: Vec<u32>,
+    titles: Box<[Option<String>]>,
+    /// User `u`'s rated items are `rated_items[rated_start[u]..rated_start[u + 1]]`.
+    rated_start: Box<[usize]>,
+    rated_items: Box<[u32]>,
     /// Up to `MAX_N` item indices, most popular first.
-    popular: Vec<u32>,
+    popular: Box<[u32]>,
 }
 
 impl Recommender {
@@ -103,9 +103,9 @@ impl Recommender {
         if n_items == 0 {
             return Err(invalid("the recommender has no items".into()));
         }
-        // Item indices are stored as u32; user indices share the type to keep maps small.
-        if n_items > u32::MAX as usize || n_users > u32::MAX as usize {
-            return Err(invalid("the recommender has too many users or items".into()));
+        // Item indices are stored as u32 and must stay below u32::MAX (see `rank_key`).
+        if n_items >= u32::MAX as usize {
+            return Err(invalid("the recommender has too many items".into()));
         }
         if !spec.global_mean.is_finite() {
             return Err(invalid(format!(
@@ -122,8 +122,18 @@ impl Recommender {
         let item_cells = n_items
             .checked_mul(k)
             .ok_or_else(|| invalid("item_factors would be too large".into()))?;
-        check_len("user_factors", spec.user_factors.len(), user_cells, "users × factors")?;
-        check_len("item_factors", spec.item_factors.len(), item_cells, "items × factors")?;
+        check_len(
+            "user_factors",
+            spec.user_factors.len(),
+            user_cells,
+            "users × factors",
+        )?;
+        check_len(
+            "item_factors",
+            spec.item_factors.len(),
+            item_cells,
+            "items × factors",
+        )?;
         if !spec.item_titles.is_empty() {
             check_len("item_titles", spec.item_titles.len(), n_items, "item_ids")?;
         }
@@ -132,11 +142,14 @@ impl Recommender {
         check_finite("user_factors", &spec.user_factors)?;
         check_finite("item_factors", &spec.item_factors)?;
 
-        let mut user_index = HashMap::with_capacity(n_users);
-        for (u, &uid) in spec.user_ids.iter().enumerate() {
-            if user_index.insert(uid, u as u32).is_some() {
-                return Err(invalid(format!("user id {uid} appears more than once")));
-            }
+        let mut by_id: Vec<usize> = (0..n_users).collect();
+        by_id.sort_unstable_by_key(|&u| spec.user_ids[u]);
+        if let Some(pair) = by_id
+            .windows(2)
+            .find(|pair| spec.user_ids[pair[0]] == spec.user_ids[pair[1]])
+        {
+            let uid = spec.user_ids[pair[0]];
+            return Err(invalid(format!("user id {uid} appears more than once")));
         }
         let mut seen_items = HashSet::with_capacity(n_items);
         for &id in &spec.item_ids {
@@ -149,9 +162,9 @@ impl Recommender {
         let mut rated_items = Vec::with_capacity(spec.rated.iter().map(Vec::len).sum());
         let mut rating_counts = vec![0u32; n_items];
         rated_start.push(0);
-        for (u, list) in spec.rated.iter().enumerate() {
+        for &u in &by_id {
             let start = rated_items.len();
-            for &i in list {
+            for &i in &spec.rated[u] {
                 if i as usize >= n_items {
                     return Err(invalid(format!(
                         "user {} rated item index {i}, but there are only {n_items} items",
@@ -160,6 +173,7 @@ impl Recommender {
                 }
                 rated_items.push(i);
             }
+            // A duplicate would count twice towards popularity.
             let mine = &mut rated_items[start..];
             mine.sort_unstable();
             let unique = dedup_sorted(mine);
@@ -170,7 +184,11 @@ impl Recommender {
             rated_start.push(rated_items.len());
         }
 
-        let item_base: Vec<f32> = spec.item_bias.iter().map(|b| spec.global_mean + b).collect();
+        let item_base: Vec<f32> = spec
+            .item_bias
+            .iter()
+            .map(|b| spec.global_mean + b)
+            .collect();
         for (i, base) in item_base.iter().enumerate() {
             if !base.is_finite() {
                 return Err(invalid(format!(
@@ -192,7 +210,12 @@ impl Recommender {
         });
         by_popularity.truncate(MAX_N);
 
-        let user_factors = Array2::from_shape_vec((n_users, k), spec.user_factors.clone())
+        let user_rows: Vec<f32> = by_id
+            .iter()
+            .flat_map(|&u| &spec.user_factors[u * k..(u + 1) * k])
+            .copied()
+            .collect();
+        let user_factors = Array2::from_shape_vec((n_users, k), user_rows)
             .map_err(|e| invalid(format!("user_factors: {e}")))?;
         let item_factors_t = Array2::from_shape_vec((n_items, k), spec.item_factors.clone())
             .map_err(|e| invalid(format!("item_factors: {e}")))?
@@ -201,18 +224,17 @@ impl Recommender {
             .into_owned();
 
         Ok(Self {
-            factors: k,
             global_mean: spec.global_mean,
-            user_index,
-            user_bias: spec.user_bias.clone(),
+            user_ids: by_id.iter().map(|&u| spec.user_ids[u]).collect(),
+            user_bias: by_id.iter().map(|&u| spec.user_bias[u]).collect(),
             user_factors,
-            item_ids: spec.item_ids.clone(),
-            item_base,
+            item_ids: spec.item_ids.clone().into(),
+            item_base: item_base.into(),
             item_factors_t,
-            titles: spec.item_titles.clone(),
-            rated_start,
-            rated_items,
-            popular: by_popularity,
+            titles: spec.item_titles.clone().into(),
+            rated_start: rated_start.into(),
+            rated_items: rated_items.into(),
+            popular: by_popularity.into(),
         })
     }
 
@@ -222,36 +244,40 @@ impl Recommender {
     pub fn recommend_batch(&self, requests: &[Request]) -> Vec<Recommendation<'_>> {
         let users: Vec<Option<usize>> = requests
             .iter()
-            .map(|r| self.user_index.get(&r.uid).map(|&u| u as usize))
+            .map(|r| self.user_ids.binary_search(&r.uid).ok())
             .collect();
         let known: Vec<usize> = users.iter().flatten().copied().collect();
-        let scores = if known.is_empty() {
-            None
+        let products = if known.is_empty() {
+            Array2::zeros((0, self.item_ids.len()))
         } else {
-            Some(
-                self.user_factors
-                    .select(Axis(0), &known)
-                    .dot(&self.item_factors_t),
-            )
+            self.user_factors
+                .select(Axis(0), &known)
+                .dot(&self.item_factors_t)
         };
+        // The product comes out row-major; should it not, reading it in logical order copies.
+        let products: Cow<'_, [f32]> = match products.as_slice() {
+            Some(flat) => Cow::Borrowed(flat),
+            None => Cow::Owned(products.iter().copied().collect()),
+        };
+        let mut rows = products.chunks_exact(self.item_ids.len().max(1));
         // Reused across the batch's users so that scoring allocates only the outputs.
-        let mut kept = BinaryHeap::with_capacity(if known.is_empty() { 0 } else { MAX_N });
+        let mut keys = Vec::with_capacity(if known.is_empty() {
+            0
+        } else {
+            self.item_ids.len()
+        });
 
-        let mut row = 0;
         requests
             .iter()
             .zip(&users)
             .map(|(request, user)| {
                 let n = request.n.min(MAX_N);
-                match (user, &scores) {
-                    (Some(u), Some(scores)) => {
-                        let dots = scores.row(row);
-                        row += 1;
-                        Recommendation {
-                            items: self.top_n(*u, dots, n, &mut kept),
-                            cold_start: false,
-                        }
-                    }
+                let dots = user.and_then(|_| rows.next());
+                match (user, dots) {
+                    (Some(u), Some(dots)) => Recommendation {
+                        items: self.top_n(*u, dots, n, &mut keys),
+                        cold_start: false,
+                    },
                     _ => Recommendation {
                         items: self
                             .popular
@@ -266,49 +292,38 @@ impl Recommender {
             .collect()
     }
 
-    /// The `n` best items user `u` has not rated, given `dots[i] = q_i·p_u`: one pass over
-    /// the items keeping the best `n` so far in a bounded heap, so that most items cost a
-    /// single comparison with the worst one kept, and only the `n` kept are ever sorted.
-    fn top_n(
-        &self,
-        u: usize,
-        dots: ArrayView1<'_, f32>,
-        n: usize,
-        kept: &mut BinaryHeap<Kept>,
-    ) -> Vec<ScoredItem<'_>> {
-        kept.clear();
+    /// The `n` best items user `u` has not rated, given `dots[i] = q_i·p_u`: a partial
+    /// selection of the `n` best keys, then a sort of those `n` only.
+    fn top_n(&self, u: usize, dots: &[f32], n: usize, keys: &mut Vec<u64>) -> Vec<ScoredItem<'_>> {
         if n == 0 {
             return Vec::new();
         }
         let bias = self.user_bias[u];
-        let mut rated = self.rated_items[self.rated_start[u]..self.rated_start[u + 1]]
-            .iter()
-            .copied()
-            .peekable();
-        for (i, (&dot, &base)) in dots.iter().zip(&self.item_base).enumerate() {
-            let i = i as u32;
-            if rated.peek() == Some(&i) {
-                rated.next();
-                continue;
-            }
-            let score = base + bias + dot;
-            if kept.len() < n {
-                kept.push(Kept(score, i));
-            } else if let Some(mut worst) = kept.peek_mut() {
-                // Items come in index order, so a later item only displaces the worst kept
-                // one with a strictly higher score: ties go to the smaller index.
-                if score > worst.0 {
-                    *worst = Kept(score, i);
-                }
-            }
+        keys.clear();
+        keys.extend(
+            dots.iter()
+                .zip(&self.item_base)
+                .enumerate()
+                .map(|(i, (dot, base))| rank_key(base + bias + dot, i as u32)),
+        );
+        // Compile checked the indices.
+        for &i in &self.rated_items[self.rated_start[u]..self.rated_start[u + 1]] {
+            keys[i as usize] = EXCLUDED;
         }
-        // Sorting through the heap's own buffer, then handing the buffer back, keeps its
-        // allocation for the next user.
-        let mut best = std::mem::take(kept).into_sorted_vec();
-        let items = best.iter().map(|k| self.scored(k.1, k.0)).collect();
-        best.clear();
-        *kept = BinaryHeap::from(best);
-        items
+        if keys.len() > n {
+            keys.select_nth_unstable(n - 1);
+            keys.truncate(n);
+        }
+        keys.sort_unstable();
+        keys.iter()
+            .take_while(|&&key| key != EXCLUDED)
+            .map(|&key| {
+                let i = item_of(key);
+                // The very expression the key was made from, so the very same number.
+                let score = self.item_base[i as usize] + bias + dots[i as usize];
+                self.scored(i, score)
+            })
+            .collect()
     }
 
     fn scored(&self, i: u32, score: f32) -> ScoredItem<'_> {
@@ -329,7 +344,7 @@ impl Recommender {
     }
 
     pub fn factors(&self) -> usize {
-        self.factors
+        self.item_factors_t.nrows()
     }
 
     /// Extra metadata for `GET /model`.
@@ -337,7 +352,7 @@ impl Recommender {
         serde_json::json!({
             "users": self.n_users(),
             "items": self.n_items(),
-            "factors": self.factors,
+            "factors": self.factors(),
             "global_mean": self.global_mean,
             "rated_pairs": self.rated_items.len(),
             "titles": !self.titles.is_empty(),
@@ -345,31 +360,27 @@ impl Recommender {
     }
 }
 
-/// A candidate `(score, item index)`, ordered best first: higher score, then smaller index,
-/// so that results never depend on the order the heap happened to see equal scores in.
-/// `BinaryHeap` is a max-heap, so its top is the worst candidate kept: the one to evict.
-#[derive(Debug, Clone, Copy)]
-struct Kept(f32, u32);
+/// Marks a rated item: sorts after every real key (see `rank_key`).
+const EXCLUDED: u64 = u64::MAX;
 
-impl Ord for Kept {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
-    }
+/// Packs a candidate into one integer that sorts best first: higher score, then smaller item
+/// index, so that ties never depend on how the selection happened to partition. Comparing
+/// plain integers makes the selection several times faster than comparing (score, index)
+/// pairs. The score's bits are mapped so that unsigned order is `f32::total_cmp` order.
+fn rank_key(score: f32, item: u32) -> u64 {
+    let bits = score.to_bits();
+    let ordered = if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    };
+    // Item indices are below u32::MAX (compile checks), so no key equals EXCLUDED.
+    !((u64::from(ordered) << 32) | u64::from(u32::MAX - item))
 }
 
-impl PartialOrd for Kept {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
+fn item_of(key: u64) -> u32 {
+    u32::MAX - (!key as u32)
 }
-
-impl PartialEq for Kept {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Kept {}
 
 /// Moves the distinct values of a sorted slice to its front; returns how many there are.
 fn dedup_sorted(values: &mut [u32]) -> usize {
@@ -474,6 +485,26 @@ mod tests {
     }
 
     #[test]
+    fn the_order_of_users_in_the_file_does_not_matter() {
+        let spec = small();
+        let mut reversed = spec.clone();
+        reversed.user_ids.reverse();
+        reversed.user_bias.reverse();
+        reversed.rated.reverse();
+        reversed.user_factors = spec.user_factors[2..]
+            .iter()
+            .chain(&spec.user_factors[..2])
+            .copied()
+            .collect();
+        let requests = [Request { uid: 10, n: 3 }, Request { uid: 20, n: 3 }];
+        let (a, b) = (
+            Recommender::compile(&spec).unwrap(),
+            Recommender::compile(&reversed).unwrap(),
+        );
+        assert_eq!(b.recommend_batch(&requests), a.recommend_batch(&requests));
+    }
+
+    #[test]
     fn unknown_users_get_the_most_rated_items() {
         let mut spec = small();
         // Counts: 100 ×1, 200 ×2, 300 ×0, 400 ×2; 200 and 400 tie, 200 has the better bias.
@@ -496,18 +527,27 @@ mod tests {
                 other => panic!("expected Invalid({why}), got {other:?}"),
             }
         };
-        refuse(&|s| {
-            s.user_bias.pop();
-        }, "user_bias");
+        refuse(
+            &|s| {
+                s.user_bias.pop();
+            },
+            "user_bias",
+        );
         refuse(&|s| s.item_bias.push(0.0), "item_bias");
-        refuse(&|s| {
-            s.user_factors.pop();
-        }, "user_factors");
+        refuse(
+            &|s| {
+                s.user_factors.pop();
+            },
+            "user_factors",
+        );
         refuse(&|s| s.item_factors.push(0.0), "item_factors");
         refuse(&|s| s.rated.push(vec![]), "rated");
-        refuse(&|s| {
-            s.item_titles.pop();
-        }, "item_titles");
+        refuse(
+            &|s| {
+                s.item_titles.pop();
+            },
+            "item_titles",
+        );
         refuse(&|s| s.item_factors[3] = f32::NAN, "item_factors[3]");
         refuse(&|s| s.user_bias[1] = f32::INFINITY, "user_bias[1]");
         refuse(&|s| s.global_mean = f32::NAN, "global_mean");
@@ -547,7 +587,8 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let (users, items, k) = (1000usize, 1700usize, 100usize);
         let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(1);
-        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-0.3..0.3)).collect() };
+        let mut random =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-0.3..0.3)).collect() };
         let spec = RecommenderSpec {
             factors: k,
             global_mean: 3.5,
@@ -559,20 +600,40 @@ mod tests {
             item_factors: random(items * k),
             item_titles: (1..=items).map(|i| Some(format!("Item {i}"))).collect(),
             rated: (0..users)
-                .map(|u| (0..100).map(|j| ((u * 7 + j * 17) % items) as u32).collect())
+                .map(|u| {
+                    (0..100)
+                        .map(|j| ((u * 7 + j * 17) % items) as u32)
+                        .collect()
+                })
                 .collect(),
         };
         let model = Recommender::compile(&spec).unwrap();
-        let batch: Vec<Request> = (0..256).map(|b| Request { uid: (b * 3 % users) as i64 + 1, n: 10 }).collect();
-        let rounds = 200;
-        let started = std::time::Instant::now();
-        let mut total = 0;
-        for _ in 0..rounds {
-            total += model.recommend_batch(&batch).len();
+        for n in [10, MAX_N] {
+            let batch: Vec<Request> = (0..256)
+                .map(|b| Request {
+                    uid: (b * 3 % users) as i64 + 1,
+                    n,
+                })
+                .collect();
+            // The fastest of several runs: on a shared machine the rest measure neighbours.
+            let (runs, rounds) = (15, 40);
+            let mut per_user: Vec<std::time::Duration> = (0..runs)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    for _ in 0..rounds {
+                        assert_eq!(model.recommend_batch(&batch).len(), batch.len());
+                    }
+                    started.elapsed() / (rounds * batch.len()) as u32
+                })
+                .collect();
+            per_user.sort();
+            eprintln!(
+                "n = {n}, batch 256, {k} factors, {items} items: per user {:?} (fastest run), \
+                 {:?} (median)",
+                per_user[0],
+                per_user[runs / 2]
+            );
         }
-        let per_user = started.elapsed() / (rounds * batch.len()) as u32;
-        eprintln!("{per_user:?} per user at batch 256, {k} factors, {items} items");
-        assert_eq!(total, rounds * batch.len());
     }
 
     #[test]

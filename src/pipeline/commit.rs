@@ -20,13 +20,17 @@ const COMMIT_BACKOFF: Duration = Duration::from_millis(200);
 pub fn next_offsets(records: &[OwnedMessage]) -> BTreeMap<(String, i32), i64> {
     let mut next = BTreeMap::new();
     for r in records {
-        let slot = next.entry((r.topic().to_owned(), r.partition())).or_insert(0);
+        let slot = next
+            .entry((r.topic().to_owned(), r.partition()))
+            .or_insert(0);
         *slot = (*slot).max(r.offset() + 1);
     }
     next
 }
 
-pub fn to_partition_list(offsets: &BTreeMap<(String, i32), i64>) -> KafkaResult<TopicPartitionList> {
+pub fn to_partition_list(
+    offsets: &BTreeMap<(String, i32), i64>,
+) -> KafkaResult<TopicPartitionList> {
     let mut tpl = TopicPartitionList::with_capacity(offsets.len());
     for ((topic, partition), offset) in offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
@@ -77,7 +81,15 @@ mod tests {
     use rdkafka::message::Timestamp;
 
     fn msg(partition: i32, offset: i64) -> OwnedMessage {
-        OwnedMessage::new(None, None, "in".into(), Timestamp::NotAvailable, partition, offset, None)
+        OwnedMessage::new(
+            None,
+            None,
+            "in".into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
     }
 
     #[test]

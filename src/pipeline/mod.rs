@@ -68,7 +68,11 @@ struct ScoredBatch {
 
 /// Runs until `shutdown` is cancelled (then drains, commits and returns `Ok`) or until a
 /// record cannot be delivered (then returns the error with that batch uncommitted).
-pub async fn run(config: PipelineConfig, shared: &Shared, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: PipelineConfig,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let in_flight = Arc::new(InFlight::default());
     let consumer = Arc::new(
         create_consumer(
@@ -85,7 +89,8 @@ pub async fn run(config: PipelineConfig, shared: &Shared, shutdown: Cancellation
     consumer
         .subscribe(&[&config.input_topic])
         .with_context(|| format!("subscribing to {}", config.input_topic))?;
-    let sink = Arc::new(Sink::new(&config, Arc::clone(&shared.metrics)).context("creating the producer")?);
+    let sink =
+        Arc::new(Sink::new(&config, Arc::clone(&shared.metrics)).context("creating the producer")?);
     info!(
         brokers = %config.brokers,
         input = %config.input_topic,
@@ -103,7 +108,10 @@ pub async fn run(config: PipelineConfig, shared: &Shared, shutdown: Cancellation
         Arc::clone(&shared.metrics),
         Arc::clone(&in_flight),
     ));
-    let scoring = score_stage(&config, shared, &consumer, &sink, &in_flight, to_commit, &shutdown).await;
+    let scoring = score_stage(
+        &config, shared, &consumer, &sink, &in_flight, to_commit, &shutdown,
+    )
+    .await;
     // The commit stage ends once the scoring stage has dropped its sender and every batch
     // it sent is committed.
     let committed = committer.await.context("the commit stage panicked")?;
@@ -133,7 +141,10 @@ async fn score_stage(
             continue;
         }
         shared.metrics.records_in.inc_by(batch.records.len() as u64);
-        shared.metrics.batch_size.observe(batch.records.len() as f64);
+        shared
+            .metrics
+            .batch_size
+            .observe(batch.records.len() as f64);
         let model = shared.store.current();
         let outcomes = transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
         let pending = sink.send_batch(&batch.records, outcomes).await?;

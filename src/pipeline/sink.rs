@@ -85,14 +85,16 @@ impl Sink {
         for (input, outcome) in inputs.iter().zip(outcomes) {
             let (destination, delivery) = match outcome {
                 Outcome::Scored(value) => {
-                    let mut record = FutureRecord::<[u8], [u8]>::to(&self.output_topic).payload(value.as_slice());
+                    let mut record = FutureRecord::<[u8], [u8]>::to(&self.output_topic)
+                        .payload(value.as_slice());
                     if let Some(key) = input.key() {
                         record = record.key(key);
                     }
                     (Destination::Output, self.enqueue(record).await?)
                 }
                 Outcome::Rejected(rejection) => {
-                    let headers = dead_letter_headers(input, rejection.reason.code(), &rejection.detail);
+                    let headers =
+                        dead_letter_headers(input, rejection.reason.code(), &rejection.detail);
                     let record = self.dead_letter_record(input.key(), input.payload(), headers);
                     (
                         Destination::DeadLetter(rejection.reason),
@@ -127,7 +129,10 @@ impl Sink {
 
     /// Hands a record to librdkafka, waiting while its queue is full: this is where a slow
     /// broker pushes back on consumption instead of memory growing without bound.
-    async fn enqueue<'a>(&self, mut record: FutureRecord<'a, [u8], [u8]>) -> anyhow::Result<DeliveryFuture> {
+    async fn enqueue<'a>(
+        &self,
+        mut record: FutureRecord<'a, [u8], [u8]>,
+    ) -> anyhow::Result<DeliveryFuture> {
         loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
@@ -135,9 +140,10 @@ impl Sink {
                     record = back;
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), back))
-                    if back.topic == self.dead_letter_topic && back.payload.is_some() =>
-                {
+                Err((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                    back,
+                )) if back.topic == self.dead_letter_topic && back.payload.is_some() => {
                     record = without_payload(back);
                 }
                 Err((e, back)) => bail!("cannot produce to {}: {e}", back.topic),
@@ -155,7 +161,9 @@ impl Sink {
             for p in queue {
                 match p.delivery.await {
                     Ok(Ok(_)) => self.count_acknowledged(p.destination),
-                    Ok(Err((error, message))) => failed.push((p.destination, p.attempts, error, message)),
+                    Ok(Err((error, message))) => {
+                        failed.push((p.destination, p.attempts, error, message))
+                    }
                     Err(_) => bail!("the producer shut down before acknowledging a record"),
                 }
             }
@@ -217,14 +225,10 @@ impl Sink {
 /// A dead letter too large for the dead-letter topic keeps its key and headers, loses its
 /// value, and says so, rather than blocking the partition forever.
 fn without_payload(record: FutureRecord<'_, [u8], [u8]>) -> FutureRecord<'_, [u8], [u8]> {
-    let headers = record
-        .headers
-        .clone()
-        .unwrap_or_default()
-        .insert(Header {
-            key: HEADER_PAYLOAD_OMITTED,
-            value: Some("true"),
-        });
+    let headers = record.headers.clone().unwrap_or_default().insert(Header {
+        key: HEADER_PAYLOAD_OMITTED,
+        value: Some("true"),
+    });
     FutureRecord {
         payload: None,
         headers: Some(headers),

@@ -131,9 +131,13 @@ impl ConsumerContext for SourceContext {
             let multi_threaded = tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
             if multi_threaded {
-                let drained = tokio::task::block_in_place(|| self.in_flight.wait_drained(REVOKE_DRAIN_TIMEOUT));
+                let drained = tokio::task::block_in_place(|| {
+                    self.in_flight.wait_drained(REVOKE_DRAIN_TIMEOUT)
+                });
                 if !drained {
-                    warn!("partitions revoked with batches still uncommitted; they will be re-read");
+                    warn!(
+                        "partitions revoked with batches still uncommitted; they will be re-read"
+                    );
                 }
             }
             self.assignment.apply(&self.input_topic, partitions, false);
@@ -150,7 +154,9 @@ impl ConsumerContext for SourceContext {
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
-        self.metrics.assigned_partitions.set(self.assignment.count() as i64);
+        self.metrics
+            .assigned_partitions
+            .set(self.assignment.count() as i64);
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {

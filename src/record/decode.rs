@@ -53,12 +53,7 @@ fn for_each_field<'a>(
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = (&mut walker).deserialize(&mut de).and_then(|()| de.end());
     if let Err(e) = parsed {
-        let reason = if e.to_string().starts_with("recursion limit exceeded") {
-            Reason::TooDeep
-        } else {
-            Reason::InvalidJson
-        };
-        return Err(Rejection::new(reason, e.to_string()));
+        return Err(Rejection::new(Reason::InvalidJson, e.to_string()));
     }
     if let Some(kind) = walker.other_type {
         return Err(Rejection::new(
@@ -330,7 +325,8 @@ pub fn decode_user_event(text: &str) -> Result<UserEvent<'_>, Rejection> {
         "n" => take_once(&mut n, value, field),
         _ => Ok(()),
     })?;
-    let uid_raw = uid.ok_or_else(|| Rejection::new(Reason::MissingUid, "field `uid` is missing"))?;
+    let uid_raw =
+        uid.ok_or_else(|| Rejection::new(Reason::MissingUid, "field `uid` is missing"))?;
     let uid = uid_raw.get().parse::<i64>().map_err(|_| {
         Rejection::new(
             Reason::InvalidUid,
@@ -370,7 +366,7 @@ mod tests {
     }
 
     fn reason_of(payload: &[u8]) -> Reason {
-        let text = match payload_text(Some(payload), 64) {
+        let text = match payload_text(Some(payload), 200) {
             Ok(t) => t,
             Err(r) => return r.reason,
         };
@@ -398,7 +394,8 @@ mod tests {
     fn keeps_the_id_raw() {
         let mut row = [0.0; 4];
         let mut decoder = iris();
-        let text = r#"{"id":"a-1","sepal_length":1,"sepal_width":2,"petal_length":3,"petal_width":4}"#;
+        let text =
+            r#"{"id":"a-1","sepal_length":1,"sepal_width":2,"petal_length":3,"petal_width":4}"#;
         let id = decoder.decode(text, &mut row).unwrap();
         assert_eq!(id.map(RawValue::get), Some(r#""a-1""#));
     }
@@ -408,7 +405,7 @@ mod tests {
         let ok = r#""sepal_width":1,"petal_length":1,"petal_width":1"#;
         let cases: Vec<(Vec<u8>, Reason)> = vec![
             (vec![], Reason::Empty),
-            (vec![b'{'; 65], Reason::TooLarge),
+            (vec![b'{'; 201], Reason::TooLarge),
             (vec![0xff, 0xfe, b'{', b'}'], Reason::NotUtf8),
             (b"{\"sepal_length\":".to_vec(), Reason::InvalidJson),
             (b"hello".to_vec(), Reason::InvalidJson),
@@ -416,17 +413,34 @@ mod tests {
             (b"42".to_vec(), Reason::NotObject),
             (b"null".to_vec(), Reason::NotObject),
             (format!(r#"{{{ok}}}"#).into_bytes(), Reason::MissingFeature),
-            (format!(r#"{{"sepal_length":"5",{ok}}}"#).into_bytes(), Reason::NonNumericFeature),
-            (format!(r#"{{"sepal_length":null,{ok}}}"#).into_bytes(), Reason::NonNumericFeature),
-            (format!(r#"{{"sepal_length":"NaN",{ok}}}"#).into_bytes(), Reason::NonFiniteFeature),
-            (format!(r#"{{"sepal_length":1e999,{ok}}}"#).into_bytes(), Reason::NonFiniteFeature),
+            (
+                format!(r#"{{"sepal_length":"5",{ok}}}"#).into_bytes(),
+                Reason::NonNumericFeature,
+            ),
+            (
+                format!(r#"{{"sepal_length":null,{ok}}}"#).into_bytes(),
+                Reason::NonNumericFeature,
+            ),
+            (
+                format!(r#"{{"sepal_length":"NaN",{ok}}}"#).into_bytes(),
+                Reason::NonFiniteFeature,
+            ),
+            (
+                format!(r#"{{"sepal_length":1e999,{ok}}}"#).into_bytes(),
+                Reason::NonFiniteFeature,
+            ),
             (
                 format!(r#"{{"sepal_length":1,"sepal.length":2,{ok}}}"#).into_bytes(),
                 Reason::DuplicateField,
             ),
         ];
         for (payload, want) in cases {
-            assert_eq!(reason_of(&payload), want, "{:?}", String::from_utf8_lossy(&payload));
+            assert_eq!(
+                reason_of(&payload),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(&payload)
+            );
         }
         assert_eq!(payload_text(None, 10).unwrap_err().reason, Reason::Empty);
     }
@@ -438,12 +452,19 @@ mod tests {
     }
 
     #[test]
-    fn bare_nan_is_not_json_and_deep_nesting_is_named() {
+    fn bare_nan_is_not_json_and_deep_nesting_is_harmless() {
         let ok = r#""sepal_width":1,"petal_length":1,"petal_width":1"#;
         let r = decode_iris(&format!(r#"{{"sepal_length":NaN,{ok}}}"#)).unwrap_err();
         assert_eq!(r.reason, Reason::InvalidJson);
-        let deep = format!("{{\"a\":{}{}}}", "[".repeat(1000), "]".repeat(1000));
-        assert_eq!(decode_iris(&deep).unwrap_err().reason, Reason::TooDeep);
+        // Nesting is skipped, never recursed into, so depth cannot exhaust the stack.
+        let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        assert_eq!(decode_iris(&deep).unwrap_err().reason, Reason::NotObject);
+        let deep_field = format!(
+            r#"{{"x":{}{},"sepal_length":1,{ok}}}"#,
+            "[".repeat(200_000),
+            "]".repeat(200_000)
+        );
+        assert_eq!(decode_iris(&deep_field).unwrap(), [1.0; 4]);
     }
 
     #[test]
@@ -451,7 +472,10 @@ mod tests {
         let e = decode_user_event(r#"{"uid":196}"#).unwrap();
         assert_eq!((e.uid, e.n), (196, DEFAULT_N));
         let e = decode_user_event(r#"{"uid":-3,"n":100000,"id":7}"#).unwrap();
-        assert_eq!((e.uid, e.n, e.id.map(RawValue::get)), (-3, MAX_N, Some("7")));
+        assert_eq!(
+            (e.uid, e.n, e.id.map(RawValue::get)),
+            (-3, MAX_N, Some("7"))
+        );
         for (text, want) in [
             (r#"{"user":196}"#, Reason::MissingUid),
             (r#"{"uid":"196"}"#, Reason::InvalidUid),

@@ -17,8 +17,6 @@ pub enum Reason {
     TooLarge,
     NotUtf8,
     InvalidJson,
-    /// Nested deeper than the JSON parser's recursion limit.
-    TooDeep,
     NotObject,
     DuplicateField,
     MissingFeature,
@@ -30,12 +28,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::NotUtf8,
         Reason::InvalidJson,
-        Reason::TooDeep,
         Reason::NotObject,
         Reason::DuplicateField,
         Reason::MissingFeature,
@@ -52,7 +49,6 @@ impl Reason {
             Reason::TooLarge => "too_large",
             Reason::NotUtf8 => "not_utf8",
             Reason::InvalidJson => "invalid_json",
-            Reason::TooDeep => "too_deep",
             Reason::NotObject => "not_object",
             Reason::DuplicateField => "duplicate_field",
             Reason::MissingFeature => "missing_feature",

@@ -36,6 +36,7 @@ pub struct GenRatingsArgs {
     /// Standard deviation of the Gaussian noise added to every rating.
     #[arg(long, default_value_t = 0.5)]
     pub noise: f32,
+    /// Seed of everything random: same seed and sizes, same files.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Directory to write `u.data` and `u.item` into.
@@ -168,7 +169,11 @@ pub fn generate(params: &GenParams) -> anyhow::Result<Synthetic> {
         bail!("there must be at least one user and one item");
     }
     if users.checked_mul(items).is_none_or(|pairs| total > pairs) {
-        bail!("{users} users can give at most {users} × {items} ratings, not {total}, since each rates an item at most once");
+        bail!("{total} ratings are more than {users} users × {items} items: each pair is rated once at most");
+    }
+    let cells = users.checked_add(items).and_then(|n| n.checked_mul(rank));
+    if cells.is_none_or(|cells| cells > 1 << 30) {
+        bail!("rank {rank} for {users} users and {items} items is too large");
     }
     if !(noise.is_finite() && noise >= 0.0) {
         bail!("the noise must be a standard deviation ≥ 0, not {noise}");
@@ -280,9 +285,10 @@ pub fn write(synthetic: &Synthetic, dir: &Path) -> anyhow::Result<()> {
         Ok(())
     })?;
     let item_path = dir.join("u.item");
+    let no_genres = ["0"; 19].join("|");
     write_lines(&item_path, |out| {
         for id in 1..=synthetic.params.items {
-            writeln!(out, "{id}|Synthetic item {id}|01-Jan-1995|||{}", ["0"; 19].join("|"))?;
+            writeln!(out, "{id}|Synthetic item {id}|01-Jan-1995|||{no_genres}")?;
         }
         Ok(())
     })?;
@@ -345,7 +351,10 @@ mod tests {
         assert_eq!(pairs.len(), 3000);
         let mut per_user: HashMap<i64, usize> = HashMap::new();
         for r in &s.ratings {
-            assert!((1..=60).contains(&r.user) && (1..=80).contains(&r.item), "{r:?}");
+            assert!(
+                (1..=60).contains(&r.user) && (1..=80).contains(&r.item),
+                "{r:?}"
+            );
             *per_user.entry(r.user).or_default() += 1;
         }
         assert_eq!(per_user.len(), 60);
@@ -414,7 +423,11 @@ mod tests {
         }
         counts.sort_unstable();
         let median = counts[150];
-        assert!(counts[299] > 5 * median.max(1), "top {} median {median}", counts[299]);
+        assert!(
+            counts[299] > 5 * median.max(1),
+            "top {} median {median}",
+            counts[299]
+        );
     }
 
     #[test]
@@ -450,9 +463,18 @@ mod tests {
             ..small()
         })
         .is_err());
-        assert!(generate(&GenParams { users: 0, ..small() }).is_err());
+        assert!(generate(&GenParams {
+            users: 0,
+            ..small()
+        })
+        .is_err());
         assert!(generate(&GenParams {
             noise: f32::NAN,
+            ..small()
+        })
+        .is_err());
+        assert!(generate(&GenParams {
+            rank: usize::MAX,
             ..small()
         })
         .is_err());

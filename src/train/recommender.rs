@@ -51,6 +51,9 @@ pub struct TrainRecommenderArgs {
     pub seed: u64,
 }
 
+/// Upper bound on (users + items) × factors: 4 GiB of f32 factors.
+const MAX_FACTOR_CELLS: usize = 1 << 30;
+
 /// One user's rating of one item.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rating {
@@ -87,13 +90,22 @@ impl Default for MfParams {
 impl MfParams {
     fn check(&self) -> anyhow::Result<()> {
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("the learning rate must be a positive number, not {}", self.lr);
+            bail!(
+                "the learning rate must be a positive number, not {}",
+                self.lr
+            );
         }
         if !(self.reg.is_finite() && self.reg >= 0.0) {
             bail!("the regularisation must be a number ≥ 0, not {}", self.reg);
         }
+        if self.epochs == 0 {
+            bail!("training needs at least one epoch");
+        }
         if !(self.init_std.is_finite() && self.init_std >= 0.0) {
-            bail!("the initial factor spread must be ≥ 0, not {}", self.init_std);
+            bail!(
+                "the initial factor spread must be ≥ 0, not {}",
+                self.init_std
+            );
         }
         Ok(())
     }
@@ -167,10 +179,16 @@ pub fn fit(ratings: &[Rating], params: &MfParams, progress: bool) -> FittedMf {
     let mut item_ids: Vec<i64> = ratings.iter().map(|r| r.item).collect();
     item_ids.sort_unstable();
     item_ids.dedup();
-    let user_index: HashMap<i64, usize> =
-        user_ids.iter().enumerate().map(|(u, &id)| (id, u)).collect();
-    let item_index: HashMap<i64, usize> =
-        item_ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let user_index: HashMap<i64, usize> = user_ids
+        .iter()
+        .enumerate()
+        .map(|(u, &id)| (id, u))
+        .collect();
+    let item_index: HashMap<i64, usize> = item_ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i))
+        .collect();
     // invariant: every id was just inserted into both maps, so these lookups cannot miss.
     let triples: Vec<(usize, usize, f32)> = ratings
         .iter()
@@ -182,9 +200,11 @@ pub fn fit(ratings: &[Rating], params: &MfParams, progress: bool) -> FittedMf {
     } else {
         (ratings.iter().map(|r| f64::from(r.rating)).sum::<f64>() / ratings.len() as f64) as f32
     };
-    let rating_range = ratings.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| {
-        (lo.min(r.rating), hi.max(r.rating))
-    });
+    let rating_range = ratings
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(r.rating), hi.max(r.rating))
+        });
 
     let k = params.factors;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(params.seed);
@@ -308,7 +328,11 @@ pub fn build_spec(
     let item_titles = if titles.is_empty() {
         Vec::new()
     } else {
-        model.item_ids.iter().map(|id| titles.get(id).cloned()).collect()
+        model
+            .item_ids
+            .iter()
+            .map(|id| titles.get(id).cloned())
+            .collect()
     };
     RecommenderSpec {
         factors: model.factors,
@@ -353,7 +377,36 @@ pub fn train(
     if train_set.is_empty() {
         bail!("there are no ratings to train on");
     }
+    // Every user and item of the train split gets a factor vector: refuse sizes that could
+    // not be allocated rather than abort.
+    let ids = |id: fn(&Rating) -> i64| {
+        let mut ids: Vec<i64> = train_set.iter().map(id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    };
+    let (users, items) = (ids(|r| r.user), ids(|r| r.item));
+    let cells = users
+        .checked_add(items)
+        .and_then(|n| n.checked_mul(params.factors));
+    if cells.is_none_or(|cells| cells > MAX_FACTOR_CELLS) {
+        bail!(
+            "{} factors for {users} users and {items} items is too large a model",
+            params.factors
+        );
+    }
     let model = fit(&train_set, params, progress);
+    let finite = |values: &[f32]| values.iter().all(|v| v.is_finite());
+    let diverged = !(finite(&model.user_bias)
+        && finite(&model.item_bias)
+        && finite(&model.user_factors)
+        && finite(&model.item_factors));
+    if diverged {
+        bail!(
+            "training diverged (factors overflowed): lower the learning rate ({})",
+            params.lr
+        );
+    }
     let baseline_params = MfParams {
         factors: 0,
         ..*params
@@ -363,8 +416,11 @@ pub fn train(
     let baseline_accuracy = evaluate(&baseline, &test_set);
 
     let mut metrics = BTreeMap::new();
+    // JSON has no NaN: a non-finite figure would make the model file unreadable.
     let mut metric = |name: &str, value: f64| {
-        metrics.insert(name.to_string(), short(value));
+        if value.is_finite() {
+            metrics.insert(name.to_string(), short(value));
+        }
     };
     metric("train_ratings", train_set.len() as f64);
     metric("test_ratings", test_set.len() as f64);
@@ -400,9 +456,8 @@ pub fn train(
     })
 }
 
-/// Rounds to six decimals. Besides reading better, short decimals survive a JSON round
-/// trip exactly: serde_json without its `float_roundtrip` feature may misread 17-digit
-/// numbers by one ulp, and the model file's content hash would then no longer match.
+/// Rounds a figure to six decimals: as many as anyone reads, and short decimals survive a
+/// JSON round trip exactly whatever the reader, so the model file's content hash holds.
 fn short(value: f64) -> f64 {
     if value.is_finite() && value.abs() < 1e9 {
         (value * 1e6).round() / 1e6
@@ -500,7 +555,9 @@ pub fn parse_ratings(bytes: &[u8]) -> anyhow::Result<Vec<Rating>> {
         let is_header = ratings.is_empty()
             && separator == ","
             && fields.first().is_some_and(|f| f.parse::<i64>().is_err())
-            && fields.first().is_some_and(|f| f.chars().any(char::is_alphabetic));
+            && fields
+                .first()
+                .is_some_and(|f| f.chars().any(char::is_alphabetic));
         if is_header {
             continue;
         }
@@ -512,7 +569,10 @@ pub fn parse_ratings(bytes: &[u8]) -> anyhow::Result<Vec<Rating>> {
 
 fn parse_rating(fields: &[&str]) -> anyhow::Result<Rating> {
     let [user, item, rating, ..] = fields else {
-        bail!("expected user, item and rating, found {} field(s)", fields.len());
+        bail!(
+            "expected user, item and rating, found {} field(s)",
+            fields.len()
+        );
     };
     let user = user
         .parse::<i64>()
@@ -635,8 +695,14 @@ mod tests {
         static FIXTURE: OnceLock<Fixture> = OnceLock::new();
         FIXTURE.get_or_init(|| {
             let synthetic = generate(&gen_params()).unwrap();
-            let trained =
-                train(&synthetic.ratings, &HashMap::new(), &fit_params(), 0.2, false).unwrap();
+            let trained = train(
+                &synthetic.ratings,
+                &HashMap::new(),
+                &fit_params(),
+                0.2,
+                false,
+            )
+            .unwrap();
             Fixture { synthetic, trained }
         })
     }
@@ -660,7 +726,10 @@ mod tests {
         eprintln!("noise {NOISE}: model {model:?}, baseline {baseline:?}");
         assert_eq!(model.n, 7200);
         assert!(model.rmse <= 1.1 * f64::from(NOISE), "{model:?}");
-        assert!(model.rmse < 0.7 * baseline.rmse, "{model:?} vs {baseline:?}");
+        assert!(
+            model.rmse < 0.7 * baseline.rmse,
+            "{model:?} vs {baseline:?}"
+        );
         assert!(model.mae < baseline.mae);
         let metrics = &f.trained.file.meta.metrics;
         assert!((metrics["test_rmse"] - model.rmse).abs() < 1e-6);
@@ -708,7 +777,12 @@ mod tests {
             let unrated = gen_params().items - seen.len();
             assert_eq!(rec.items.len(), MAX_N.min(unrated));
             for item in &rec.items {
-                assert!(!seen.contains(&item.item), "user {} rated {}", request.uid, item.item);
+                assert!(
+                    !seen.contains(&item.item),
+                    "user {} rated {}",
+                    request.uid,
+                    item.item
+                );
             }
             assert!(rec.items.windows(2).all(|w| w[0].score >= w[1].score));
         }
@@ -730,7 +804,11 @@ mod tests {
         let mut all: Vec<usize> = counts.values().copied().collect();
         all.sort_unstable_by(|a, b| b.cmp(a));
         assert_eq!(returned, all[..20].to_vec());
-        let i = spec.item_ids.iter().position(|&id| id == out[0].items[0].item).unwrap();
+        let i = spec
+            .item_ids
+            .iter()
+            .position(|&id| id == out[0].items[0].item)
+            .unwrap();
         assert_eq!(out[0].items[0].score, spec.global_mean + spec.item_bias[i]);
     }
 
@@ -774,8 +852,14 @@ mod tests {
         assert_eq!(a.file.meta, b.file.meta);
         assert_eq!(a.file.version, b.file.version);
         assert_eq!(spec(&a).item_titles[0].as_deref(), Some("One"));
-        let c = train(&synthetic.ratings, &titles, &MfParams { seed: 6, ..params }, 0.2, false)
-            .unwrap();
+        let c = train(
+            &synthetic.ratings,
+            &titles,
+            &MfParams { seed: 6, ..params },
+            0.2,
+            false,
+        )
+        .unwrap();
         assert_ne!(a.file.body, c.file.body);
     }
 
@@ -788,8 +872,35 @@ mod tests {
         }];
         let none = HashMap::new();
         let ok = MfParams::default();
-        assert!(train(&ratings, &none, &MfParams { lr: f32::NAN, ..ok }, 0.2, false).is_err());
+        assert!(train(
+            &ratings,
+            &none,
+            &MfParams { lr: f32::NAN, ..ok },
+            0.2,
+            false
+        )
+        .is_err());
         assert!(train(&ratings, &none, &MfParams { factors: 0, ..ok }, 0.2, false).is_err());
+        assert!(train(&ratings, &none, &MfParams { epochs: 0, ..ok }, 0.2, false).is_err());
+        let synthetic = generate(&GenParams {
+            users: 20,
+            items: 20,
+            ratings: 200,
+            ..gen_params()
+        })
+        .unwrap();
+        let wild = MfParams {
+            lr: 50.0,
+            epochs: 50,
+            ..fit_params()
+        };
+        let diverged = train(&synthetic.ratings, &none, &wild, 0.2, false).unwrap_err();
+        assert!(format!("{diverged}").contains("diverged"), "{diverged}");
+        let huge = MfParams {
+            factors: usize::MAX / 2,
+            ..ok
+        };
+        assert!(train(&ratings, &none, &huge, 0.0, false).is_err());
         assert!(train(&ratings, &none, &ok, 1.0, false).is_err());
         assert!(train(&[], &none, &ok, 0.2, false).is_err());
         assert!(train(&ratings, &none, &ok, 0.0, false).is_ok());
@@ -811,7 +922,8 @@ mod tests {
         ];
         let u_data = b"196\t242\t3\t881250949\n186\t302\t3.5\t891717742\n";
         assert_eq!(parse_ratings(u_data).unwrap(), want);
-        let csv = b"userId,movieId,rating,timestamp\r\n196,242,3.0,881250949\r\n186,302,3.5,1\r\n\r\n";
+        let csv =
+            b"userId,movieId,rating,timestamp\r\n196,242,3.0,881250949\r\n186,302,3.5,1\r\n\r\n";
         assert_eq!(parse_ratings(csv).unwrap(), want);
         let dat = b"196::242::3::881250949\n186::302::3.5::891717742\n";
         assert_eq!(parse_ratings(dat).unwrap(), want);

@@ -1,0 +1,379 @@
+//! Test harness: a broker (librdkafka's in-process mock cluster, or an external broker named
+//! by `STREAMSCORE_TEST_BROKERS`), the real service started in-process, and bounded helpers
+//! to produce inputs and collect what comes out.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use streamscore::pipeline::PipelineConfig;
+use streamscore::record::DEFAULT_MAX_RECORD_BYTES;
+use streamscore::service::{self, ServiceConfig, ServiceHandle};
+
+/// Environment variable naming an external broker to run against instead of the mock.
+pub const BROKERS_ENV: &str = "STREAMSCORE_TEST_BROKERS";
+
+pub const IRIS_MODEL: &str = "models/iris-forest.json";
+
+/// A record to produce: key and value, either possibly absent.
+pub type Input = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct TestBroker {
+    pub brokers: String,
+    pub mock: Option<MockCluster<'static, DefaultProducerContext>>,
+}
+
+/// The three topics one service instance uses, with their partition count.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub dead_letters: String,
+    pub partitions: i32,
+}
+
+impl TestBroker {
+    pub fn start() -> Self {
+        match std::env::var(BROKERS_ENV) {
+            Ok(brokers) if !brokers.is_empty() => Self {
+                brokers,
+                mock: None,
+            },
+            _ => {
+                let mock = MockCluster::new(1).expect("mock cluster starts");
+                Self {
+                    brokers: mock.bootstrap_servers(),
+                    mock: Some(mock),
+                }
+            }
+        }
+    }
+
+    pub fn is_mock(&self) -> bool {
+        self.mock.is_some()
+    }
+
+    pub async fn topics(&self, partitions: i32) -> Topics {
+        let topics = Topics {
+            input: unique("in"),
+            output: unique("out"),
+            dead_letters: unique("dlq"),
+            partitions,
+        };
+        for name in [&topics.input, &topics.output, &topics.dead_letters] {
+            self.create_topic(name, partitions).await;
+        }
+        topics
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        if let Some(mock) = &self.mock {
+            mock.create_topic(name, partitions, 1)
+                .expect("mock topic created");
+            return;
+        }
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("admin client");
+        let results = admin
+            .create_topics(
+                &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create_topics answered");
+        for r in results {
+            r.expect("topic created");
+        }
+    }
+
+    pub fn pipeline_config(&self, topics: &Topics, group: &str) -> PipelineConfig {
+        PipelineConfig {
+            brokers: self.brokers.clone(),
+            properties: Vec::new(),
+            consumer_properties: vec![
+                // Fast empty fetches and quick rebalances keep test latency low.
+                ("fetch.wait.max.ms".into(), "10".into()),
+                ("session.timeout.ms".into(), "6000".into()),
+                ("heartbeat.interval.ms".into(), "500".into()),
+            ],
+            input_topic: topics.input.clone(),
+            output_topic: topics.output.clone(),
+            dead_letter_topic: topics.dead_letters.clone(),
+            group: group.to_owned(),
+            batch_interval: Duration::from_millis(50),
+            max_batch: 500,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+
+    pub async fn start_service(&self, topics: &Topics, group: &str, model: &Path) -> ServiceHandle {
+        self.start_service_with(self.pipeline_config(topics, group), model, None)
+            .await
+    }
+
+    pub async fn start_service_with(
+        &self,
+        pipeline: PipelineConfig,
+        model: &Path,
+        admin_token: Option<&str>,
+    ) -> ServiceHandle {
+        service::start(ServiceConfig {
+            pipeline,
+            model: model.to_path_buf(),
+            allow_kind_change: false,
+            http_addr: "127.0.0.1:0".parse().expect("loopback address"),
+            admin_token: admin_token.map(str::to_owned),
+        })
+        .await
+        .expect("service starts")
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        producer(&self.brokers)
+    }
+
+    /// Produces `(key, value)` records and waits until all are acknowledged.
+    pub async fn produce(&self, topic: &str, records: &[Input]) {
+        produce(&self.brokers, topic, records).await
+    }
+}
+
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        // The mock keeps ~5 MiB per partition; compression keeps large runs inside it.
+        .set("compression.type", "lz4")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `(key, value)` records and waits until all are acknowledged.
+pub async fn produce(brokers: &str, topic: &str, records: &[Input]) {
+    let producer = producer(brokers);
+    let mut deliveries = Vec::with_capacity(records.len());
+    for (key, value) in records {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(k) = key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = value {
+            record = record.payload(v.as_slice());
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(d) => {
+                    deliveries.push(d);
+                    break;
+                }
+                Err((_, back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    for d in deliveries {
+        d.await
+            .expect("delivery answered")
+            .expect("input delivered");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+}
+
+impl TestBroker {
+    /// Reads `topics` from the beginning until `count` records arrived or `timeout` passed.
+    pub async fn collect(
+        &self,
+        topics: &[&str],
+        partitions: i32,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<Collected> {
+        self.collect_until(topics, partitions, timeout, |seen| seen.len() >= count)
+            .await
+    }
+
+    /// Reads `topics` from the beginning until `done` holds for what was read, or `timeout`.
+    pub async fn collect_until(
+        &self,
+        topics: &[&str],
+        partitions: i32,
+        timeout: Duration,
+        mut done: impl FnMut(&[Collected]) -> bool,
+    ) -> Vec<Collected> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", unique("collector"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("collector consumer");
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            for p in 0..partitions {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .expect("partition added");
+            }
+        }
+        consumer.assign(&tpl).expect("assigned");
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while !done(&out) {
+            let message = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                m = consumer.recv() => m,
+            };
+            let Ok(m) = message else { continue };
+            out.push(Collected {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub topic: String,
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Collected {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.value.as_deref().unwrap_or_default()).expect("output is JSON")
+    }
+
+    pub fn key_str(&self) -> String {
+        String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).into_owned()
+    }
+}
+
+/// The 150 labelled iris rows: features (in model order) and species.
+pub fn iris_rows() -> Vec<([f64; 4], String)> {
+    let mut reader = csv::Reader::from_path(repo_path("training/iris.csv")).expect("iris.csv");
+    reader
+        .records()
+        .map(|r| {
+            let r = r.expect("row");
+            let f = |i: usize| r[i].parse::<f64>().expect("number");
+            ([f(0), f(1), f(2), f(3)], r[4].to_owned())
+        })
+        .collect()
+}
+
+pub fn iris_json(id: usize, features: &[f64; 4]) -> Vec<u8> {
+    serde_json::json!({
+        "id": id,
+        "sepal_length": features[0],
+        "sepal_width": features[1],
+        "petal_length": features[2],
+        "petal_width": features[3],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A minimal HTTP/1.1 client for the side port: (status, body).
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("side port reachable");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("response within 10 s")
+        .expect("response read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `/readyz` until it answers 200, for at most `timeout`.
+pub async fn wait_ready(addr: std::net::SocketAddr, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (status, _) = http(addr, "GET", "/readyz", &[], "").await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service not ready within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
