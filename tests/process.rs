@@ -1,0 +1,250 @@
+//! The real binary as an operator runs it: flags, SIGHUP reload, SIGTERM drain, exit code,
+//! and the committed offsets it leaves behind.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use streamscore::model::ModelFile;
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamscore");
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Waits for the child to exit, killing it if it overstays `timeout`.
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the service did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_bad_flag_says_what_is_wrong() {
+    let out = Command::new(BIN)
+        .args(["serve", "--max-batch", "0"])
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--max-batch"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["serve", "--batch-interval", "soon"])
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("batch-interval"));
+
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--model",
+            "/nonexistent/model.json",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.json"));
+}
+
+#[test]
+fn score_reports_bad_lines_and_keeps_going() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"sepal_length\":5.1,\"sepal_width\":3.5,\"petal_length\":1.4,\"petal_width\":0.2}\n\
+         not json\n\
+         {\"sepal.length\":6.7,\"sepal.width\":3.0,\"petal.length\":5.2,\"petal.width\":2.3}\n",
+    )
+    .expect("input written");
+    let out = Command::new(BIN)
+        .args([
+            "score",
+            "--model",
+            &repo_path(IRIS_MODEL).display().to_string(),
+        ])
+        .arg(&input)
+        .output()
+        .expect("binary runs");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a rejected line makes the exit status 1"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let labels: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("JSON line")["label"].to_string()
+        })
+        .collect();
+    assert_eq!(labels, vec!["\"setosa\"", "\"virginica\""]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2: invalid_json"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_sigterm_drains_commits_and_exits_zero() {
+    let broker = TestBroker::start();
+    let topics = broker.topics(2).await;
+    let group = unique("group");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model_path = dir.path().join("iris.json");
+    std::fs::copy(repo_path(IRIS_MODEL), &model_path).expect("model copied");
+    let port = free_port();
+
+    let mut child = Command::new(BIN)
+        .args(["serve", "--model"])
+        .arg(&model_path)
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args(["--batch-interval", "50ms", "-X", "fetch.wait.max.ms=10"])
+        .args(["-X", "session.timeout.ms=6000"])
+        .env("STREAMSCORE_BROKERS", &broker.brokers)
+        .env("STREAMSCORE_INPUT_TOPIC", &topics.input)
+        .env("STREAMSCORE_OUTPUT_TOPIC", &topics.output)
+        .env("STREAMSCORE_DEAD_LETTER_TOPIC", &topics.dead_letters)
+        .env("STREAMSCORE_GROUP", &group)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("service starts");
+    let addr = format!("127.0.0.1:{port}").parse().expect("address");
+    let ready = async {
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_ready(addr, Duration::from_secs(30)).await;
+    };
+    tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .expect("ready in time");
+
+    let rows = iris_rows();
+    let inputs: Vec<Input> = (0..500)
+        .map(|i| {
+            (
+                Some(format!("k{i}").into_bytes()),
+                Some(iris_json(i, &rows[i % 150].0)),
+            )
+        })
+        .collect();
+    broker.produce(&topics.input, &inputs[..250]).await;
+    let first = broker
+        .collect(&[&topics.output], 2, 250, Duration::from_secs(30))
+        .await;
+    assert_eq!(first.len(), 250);
+
+    // SIGHUP re-reads the configured file.
+    let before = ModelFile::read(&model_path).expect("model");
+    let data = streamscore::train::iris::read_csv(&repo_path("training/iris.csv"), "species")
+        .expect("data");
+    let args = streamscore::train::iris::TrainIrisArgs {
+        data: repo_path("training/iris.csv"),
+        out: model_path.clone(),
+        label: "species".into(),
+        trees: 10,
+        max_depth: None,
+        max_features: None,
+        seed: 99,
+    };
+    let replacement = streamscore::train::iris::train(&data, &args, false)
+        .expect("trained")
+        .file;
+    assert_ne!(replacement.version, before.version);
+    replacement.write(&model_path).expect("replacement written");
+    signal(&child, "HUP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, model) = http(addr, "GET", "/model", &[], "").await;
+        if model.contains(&replacement.version) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload: {model}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    broker.produce(&topics.input, &inputs[250..]).await;
+    let all = broker
+        .collect(&[&topics.output], 2, 500, Duration::from_secs(30))
+        .await;
+    assert_eq!(all.len(), 500);
+    assert!(all[250..]
+        .iter()
+        .chain(&all[..250])
+        .any(|o| o.json()["model_version"] == replacement.version.as_str()));
+
+    signal(&child, "TERM");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(30)))
+            .await
+            .expect("waited");
+    assert_eq!(status.code(), Some(0), "graceful exit");
+
+    // Everything consumed was committed: the group's position is the end of each partition.
+    let brokers = broker.brokers.clone();
+    let input = topics.input.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&input, 0);
+        tpl.add_partition(&input, 1);
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        let mut total = 0;
+        for p in 0..2 {
+            let (_, high) = consumer
+                .fetch_watermarks(&input, p, Duration::from_secs(10))
+                .expect("watermarks");
+            let Some(Offset::Offset(c)) = committed.find_partition(&input, p).map(|e| e.offset())
+            else {
+                panic!("partition {p} has no committed offset");
+            };
+            assert_eq!(c, high, "partition {p} committed to its end");
+            total += c;
+        }
+        total
+    })
+    .await
+    .expect("checked");
+    assert_eq!(committed, 500);
+}
