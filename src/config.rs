@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::pipeline::Guarantee;
 use crate::record::DEFAULT_MAX_RECORD_BYTES;
 
 /// Prefix of environment variables that become librdkafka properties:
@@ -67,6 +68,13 @@ pub struct ServeArgs {
     /// Larger input records are dead-lettered as `too_large`.
     #[arg(long, env = "STREAMSCORE_MAX_RECORD_BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
+    /// `at-least-once` (default) or `exactly-once` (one Kafka transaction per batch).
+    #[arg(long, env = "STREAMSCORE_GUARANTEE", value_enum, default_value_t = GuaranteeArg::AtLeastOnce)]
+    pub guarantee: GuaranteeArg,
+    /// Transactional id in exactly-once mode; stable per instance, so a restarted instance
+    /// fences its own zombie. Defaults to `<group>-<hostname>`.
+    #[arg(long, env = "STREAMSCORE_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
     /// Address of the HTTP side port (health, readiness, metrics, model admin).
     #[arg(long, env = "STREAMSCORE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -85,8 +93,32 @@ impl ServeArgs {
             batch_interval: self.batch_interval,
             max_batch: self.max_batch as usize,
             max_record_bytes: self.max_record_bytes,
+            guarantee: match self.guarantee {
+                GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+                GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce {
+                    transactional_id: self
+                        .transactional_id
+                        .clone()
+                        .unwrap_or_else(|| format!("{}-{}", self.group, hostname())),
+                },
+            },
         }
     }
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuaranteeArg {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "streamscore".to_owned())
 }
 
 pub fn parse_property(s: &str) -> Result<(String, String), String> {

@@ -92,6 +92,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             batch_interval: Duration::from_millis(100),
             max_batch: 1000,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            guarantee: Default::default(),
         },
         model: args.model.clone(),
         allow_kind_change: true,

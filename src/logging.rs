@@ -1,5 +1,7 @@
 //! Log setup: human-readable by default, JSON lines for containers.
 
+use std::sync::OnceLock;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -8,6 +10,9 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// The format of the installed subscriber; unset until `init` succeeds.
+static INSTALLED: OnceLock<LogFormat> = OnceLock::new();
 
 /// Installs the global subscriber. `RUST_LOG` overrides `level` with a full filter
 /// (e.g. `streamscore=debug,rdkafka=info`). Logs go to stderr: stdout is for data.
@@ -24,5 +29,52 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    let _ = INSTALLED.set(format);
+    if format == LogFormat::Json {
+        // The default hook writes a multi-line text report to stderr, which a log collector
+        // reading JSON lines would split or drop — exactly the lines that matter most.
+        std::panic::set_hook(Box::new(log_panic));
+    }
+    Ok(())
+}
+
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    // Not `payload_as_str`: it is newer than the crate's rust-version.
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a non-string panic payload)");
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let backtrace = std::backtrace::Backtrace::capture();
+    let backtrace = match backtrace.status() {
+        std::backtrace::BacktraceStatus::Captured => backtrace.to_string(),
+        _ => String::new(),
+    };
+    tracing::error!(
+        target: "panic",
+        panic_message = message,
+        location = location,
+        thread = thread.name().unwrap_or("<unnamed>"),
+        backtrace = backtrace,
+        "panicked"
+    );
+}
+
+/// Reports the error that ends the process. With JSON logs it is one more JSON line, so the
+/// reason a container exited reaches the log collector intact; otherwise (and when no logger
+/// could be installed) the usual `error: ...` line.
+pub fn report_fatal(error: &anyhow::Error) {
+    match INSTALLED.get() {
+        Some(LogFormat::Json) => {
+            tracing::error!(target: "streamscore", error = format!("{error:#}"), "exiting on an error");
+        }
+        _ => eprintln!("error: {error:#}"),
+    }
 }

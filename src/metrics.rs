@@ -17,6 +17,7 @@ pub struct Metrics {
     pub delivery_retries: IntCounter,
     pub commit_failures: IntCounter,
     pub reloads: IntCounterVec,
+    pub transactions: IntCounterVec,
     pub model_info: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
     pub assigned_partitions: IntGauge,
@@ -105,6 +106,16 @@ impl Metrics {
                 &r,
                 IntCounterVec::new(
                     Opts::new(ns("model_reloads_total"), "Model reloads, by result"),
+                    &["result"],
+                ),
+            ),
+            transactions: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        ns("transactions_total"),
+                        "Exactly-once batches, by result (committed or aborted)",
+                    ),
                     &["result"],
                 ),
             ),

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod commit;
 pub mod sink;
 pub mod source;
+pub mod transaction;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::model::ModelStore;
 use crate::record::SourcePosition;
 use crate::transform::{transform_batch, Input};
-use batch::Batcher;
+use batch::{Batch, Batcher};
 use sink::{Pending, Sink};
 use source::{create_consumer, Assignment, Consumer, InFlight, SourceContext};
 
@@ -34,6 +35,18 @@ use source::{create_consumer, Assignment, Consumer, InFlight, SourceContext};
 const MAX_BATCHES_IN_FLIGHT: usize = 2;
 /// How long shutdown waits for librdkafka to deliver what is still queued.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The delivery guarantee of the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Guarantee {
+    /// Outputs are acknowledged before offsets are committed; a crash can repeat the
+    /// uncommitted tail. Batches overlap: the fastest mode.
+    #[default]
+    AtLeastOnce,
+    /// Each batch is one Kafka transaction holding its outputs and its offsets; readers with
+    /// `isolation.level=read_committed` see every result once. Batches run one at a time.
+    ExactlyOnce { transactional_id: String },
+}
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -49,6 +62,7 @@ pub struct PipelineConfig {
     pub batch_interval: Duration,
     pub max_batch: usize,
     pub max_record_bytes: usize,
+    pub guarantee: Guarantee,
 }
 
 /// What the pipeline shares with the HTTP side port.
@@ -91,12 +105,16 @@ pub async fn run(
         .with_context(|| format!("subscribing to {}", config.input_topic))?;
     let sink =
         Arc::new(Sink::new(&config, Arc::clone(&shared.metrics)).context("creating the producer")?);
+    if matches!(config.guarantee, Guarantee::ExactlyOnce { .. }) {
+        transaction::init(&sink).await?;
+    }
     info!(
         brokers = %config.brokers,
         input = %config.input_topic,
         output = %config.output_topic,
         dead_letters = %config.dead_letter_topic,
         group = %config.group,
+        guarantee = ?config.guarantee,
         "pipeline started"
     );
 
@@ -147,6 +165,10 @@ async fn score_stage(
             .observe(batch.records.len() as f64);
         let model = shared.store.current();
         let outcomes = transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
+        if let Guarantee::ExactlyOnce { .. } = config.guarantee {
+            transact(shared, consumer, sink, &batch, outcomes, &model.version).await?;
+            continue;
+        }
         let pending = sink.send_batch(&batch.records, outcomes).await?;
         let offsets = commit::to_partition_list(&commit::next_offsets(&batch.records))?;
         in_flight.started();
@@ -162,6 +184,42 @@ async fn score_stage(
             in_flight.finished();
             break;
         }
+    }
+    Ok(())
+}
+
+/// Exactly-once: the batch's outputs and offsets in one transaction, before the next batch.
+async fn transact(
+    shared: &Shared,
+    consumer: &Consumer,
+    sink: &Sink,
+    batch: &Batch,
+    outcomes: Vec<crate::transform::Outcome>,
+    model_version: &str,
+) -> anyhow::Result<()> {
+    let txn = transaction::KafkaTransactions { sink, consumer };
+    let produce = sink.send_batch(&batch.records, outcomes);
+    let (result, pending) = transaction::run_batch(&txn, &batch.records, produce).await?;
+    let label = match result {
+        transaction::BatchResult::Committed => "committed",
+        transaction::BatchResult::Aborted => "aborted",
+    };
+    shared
+        .metrics
+        .transactions
+        .with_label_values(&[label])
+        .inc();
+    if let Some(pending) = pending {
+        sink.count_committed(pending).await;
+        let latency = batch.opened.elapsed();
+        shared.metrics.batches.inc();
+        shared.metrics.batch_latency.observe(latency.as_secs_f64());
+        debug!(
+            size = batch.records.len(),
+            latency_ms = latency.as_secs_f64() * 1e3,
+            model_version,
+            "transaction committed"
+        );
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tracing::warn;
 
-use super::PipelineConfig;
+use super::{Guarantee, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::record::Reason;
 use crate::transform::Outcome;
@@ -64,6 +64,9 @@ impl Sink {
             // Dead letters carry the original value, which may be as large as anything the
             // input topic accepted.
             .set("message.max.bytes", "16777216");
+        if let Guarantee::ExactlyOnce { transactional_id } = &config.guarantee {
+            client.set("transactional.id", transactional_id);
+        }
         for (key, value) in &config.properties {
             client.set(key, value);
         }
@@ -203,6 +206,22 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// Counts the records of a committed transaction, whose deliveries have all completed.
+    pub async fn count_committed(&self, pending: Vec<Pending>) {
+        for p in pending {
+            match p.delivery.await {
+                Ok(Ok(_)) => self.count_acknowledged(p.destination),
+                // The broker committed the transaction, so this record is in the log; a
+                // report saying otherwise is librdkafka's bookkeeping, not a lost record.
+                _ => warn!("a committed transaction reported a failed delivery"),
+            }
+        }
+    }
+
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
     }
 
     fn count_acknowledged(&self, destination: Destination) {

@@ -127,6 +127,7 @@ impl TestBroker {
             batch_interval: Duration::from_millis(50),
             max_batch: 500,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            guarantee: Default::default(),
         }
     }
 

@@ -1,0 +1,296 @@
+//! The scoring kernels, per row / per user / per record.
+//!
+//! `cargo bench --bench kernels` (a few minutes on two cores); `cargo bench --bench kernels
+//! -- forest` runs one group. Every benchmark sets `Throughput::Elements` to the batch size,
+//! so criterion's `thrpt` line is rows (users, records) per second and `time / batch` is the
+//! per-element figure the README quotes.
+//!
+//! Targets: forest ≤ 1 µs per row at batch 1000 with 100 trees; recommender ≤ 20 µs per
+//! user at batch 256 with 100 factors and 1,700 items.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ndarray::{Array2, Axis};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde_json::value::RawValue;
+
+use streamscore::model::forest::argmax_rows;
+use streamscore::model::recommender::Request;
+use streamscore::model::{
+    LoadedModel, Model, ModelBody, ModelFile, ModelMeta, Recommender, RecommenderSpec,
+};
+use streamscore::record::decode::{decode_user_event, FeatureDecoder, FeatureSchema};
+use streamscore::record::encode::{to_json, Classification, Items, RecommendationOut};
+use streamscore::record::{SourcePosition, DEFAULT_MAX_RECORD_BYTES};
+use streamscore::train::ratings::{self, GenParams};
+use streamscore::transform::{transform_batch, Input, Outcome};
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn iris_model() -> LoadedModel {
+    let path = repo_path("models/iris-forest.json");
+    LoadedModel::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The 150 iris rows, repeated to `n` rows in file order.
+fn iris_rows(n: usize) -> Array2<f64> {
+    let path = repo_path("training/iris.csv");
+    let data = streamscore::train::iris::read_csv(&path, "species")
+        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    let picks: Vec<usize> = (0..n).map(|i| i % data.records.nrows()).collect();
+    data.records.select(Axis(0), &picks)
+}
+
+/// Iris rows as producers send them: an id, the four features, in the model's names.
+fn iris_records(model: &LoadedModel, n: usize) -> Vec<String> {
+    let rows = iris_rows(n);
+    rows.rows()
+        .into_iter()
+        .enumerate()
+        .map(|(r, row)| {
+            let mut fields = vec![format!(r#""id":"r-{r}""#)];
+            for (name, v) in model.meta.features.iter().zip(row) {
+                // `{:?}` keeps a decimal point, as a JSON writer of doubles would.
+                fields.push(format!(r#""{name}":{v:?}"#));
+            }
+            format!("{{{}}}", fields.join(","))
+        })
+        .collect()
+}
+
+fn forest(c: &mut Criterion) {
+    let model = iris_model();
+    let Model::Forest(forest) = &model.model else {
+        panic!("models/iris-forest.json is not a forest");
+    };
+    assert_eq!(forest.n_trees(), 100, "the target is stated for 100 trees");
+    let mut group = c.benchmark_group("forest_predict");
+    for batch in [1usize, 100, 1000] {
+        let rows = iris_rows(batch);
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &rows, |b, rows| {
+            b.iter(|| forest.predict_proba(black_box(rows.view())))
+        });
+    }
+    group.finish();
+}
+
+const USERS: usize = 1000;
+const ITEMS: usize = 1700;
+const FACTORS: usize = 100;
+
+/// A recommender of the shipped model's shape: 1000 users, 1700 items, 100 factors. The
+/// rated sets come from the synthetic MovieLens generator (Zipf item popularity, at least
+/// 20 ratings per user, 100,000 in all) so that the exclusion work is realistic; the factors
+/// are random, which does not change the arithmetic and skips minutes of training.
+fn recommender_spec() -> RecommenderSpec {
+    let synthetic = ratings::generate(&GenParams {
+        users: USERS,
+        items: ITEMS,
+        ..GenParams::default()
+    })
+    .unwrap_or_else(|e| panic!("generating ratings: {e:#}"));
+    let mut rated = vec![Vec::new(); USERS];
+    for r in &synthetic.ratings {
+        rated[(r.user - 1) as usize].push((r.item - 1) as u32);
+    }
+    assert!(rated.iter().all(|items| !items.is_empty()));
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-0.2..0.2)).collect() };
+    RecommenderSpec {
+        factors: FACTORS,
+        global_mean: synthetic.global_mean,
+        user_ids: (1..=USERS as i64).collect(),
+        user_bias: synthetic.user_bias.clone(),
+        user_factors: random(USERS * FACTORS),
+        item_ids: (1..=ITEMS as i64).collect(),
+        item_bias: synthetic.item_bias.clone(),
+        item_factors: random(ITEMS * FACTORS),
+        item_titles: (1..=ITEMS)
+            .map(|i| Some(format!("Item {i} (1997)")))
+            .collect(),
+        rated,
+    }
+}
+
+/// `batch` known users, spread over the user range, each asking for `n` items.
+fn user_requests(batch: usize, n: usize) -> Vec<Request> {
+    (0..batch)
+        .map(|b| Request {
+            uid: (b * 7 % USERS) as i64 + 1,
+            n,
+        })
+        .collect()
+}
+
+fn recommender(c: &mut Criterion) {
+    let spec = recommender_spec();
+    let model = Recommender::compile(&spec).unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group("recommender_top10");
+    for batch in [1usize, 256] {
+        let requests = user_requests(batch, 10);
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &requests, |b, reqs| {
+            b.iter(|| model.recommend_batch(black_box(reqs)))
+        });
+    }
+    group.finish();
+}
+
+fn decode(c: &mut Criterion) {
+    let model = iris_model();
+    let records = iris_records(&model, 150);
+    let events: Vec<String> = (0..150)
+        .map(|i| format!(r#"{{"id":"e-{i}","uid":{},"n":10}}"#, i * 7 % USERS + 1))
+        .collect();
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    let mut decoder = FeatureDecoder::new(FeatureSchema::new(&model.meta.features));
+    let mut row = vec![0.0; model.meta.features.len()];
+    group.bench_function("iris_features", |b| {
+        b.iter(|| {
+            for text in &records {
+                let decoded = decoder.decode(black_box(text), &mut row);
+                black_box((decoded.is_ok(), &row));
+            }
+        })
+    });
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("user_event", |b| {
+        b.iter(|| {
+            for text in &events {
+                black_box(decode_user_event(black_box(text)).is_ok());
+            }
+        })
+    });
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let model = iris_model();
+    let Model::Forest(forest) = &model.model else {
+        panic!("models/iris-forest.json is not a forest");
+    };
+    let probabilities = forest.predict_proba(iris_rows(150).view());
+    let labels = argmax_rows(&probabilities);
+    let ids: Vec<Box<RawValue>> = (0..150)
+        .map(|i| RawValue::from_string(format!(r#""r-{i}""#)).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(ids.len() as u64));
+    group.bench_function("classification", |b| {
+        b.iter(|| {
+            for (r, id) in ids.iter().enumerate() {
+                let probs = probabilities.row(r);
+                let out = Classification::new(
+                    Some(id),
+                    &model.meta.classes,
+                    probs.as_slice().unwrap_or_default(),
+                    labels[r],
+                    &model.version,
+                    SourcePosition {
+                        partition: 3,
+                        offset: 1_000_000 + r as i64,
+                    },
+                );
+                black_box(to_json(&out));
+            }
+        })
+    });
+
+    let recommender = Recommender::compile(&recommender_spec()).unwrap_or_else(|e| panic!("{e}"));
+    let requests = user_requests(150, 10);
+    let recommendations = recommender.recommend_batch(&requests);
+    group.throughput(Throughput::Elements(requests.len() as u64));
+    group.bench_function("recommendation_top10", |b| {
+        b.iter(|| {
+            for (r, (request, rec)) in requests.iter().zip(&recommendations).enumerate() {
+                black_box(to_json(&RecommendationOut {
+                    id: None,
+                    uid: request.uid,
+                    items: Items(rec),
+                    cold_start: rec.cold_start,
+                    model_version: "mf-000000000000",
+                    partition: 3,
+                    offset: 1_000_000 + r as i64,
+                }));
+            }
+        })
+    });
+    group.finish();
+}
+
+fn as_inputs(payloads: &[String]) -> Vec<Input<'_>> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Input {
+            payload: Some(p.as_bytes()),
+            source: SourcePosition {
+                partition: 0,
+                offset: i as i64,
+            },
+        })
+        .collect()
+}
+
+fn assert_all_scored(outcomes: &[Outcome]) {
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Scored(_))));
+}
+
+fn transform(c: &mut Criterion) {
+    let iris = iris_model();
+    let payloads = iris_records(&iris, 1000);
+    let inputs = as_inputs(&payloads);
+    assert_all_scored(&transform_batch(&iris, &inputs, DEFAULT_MAX_RECORD_BYTES));
+    let mut group = c.benchmark_group("transform_batch");
+    group.throughput(Throughput::Elements(inputs.len() as u64));
+    group.bench_function("iris_1000", |b| {
+        b.iter(|| transform_batch(&iris, black_box(&inputs), DEFAULT_MAX_RECORD_BYTES))
+    });
+
+    let meta = ModelMeta {
+        features: vec!["uid".into()],
+        classes: Vec::new(),
+        params: serde_json::json!({}),
+        metrics: Default::default(),
+    };
+    let file = ModelFile::new(meta, ModelBody::MatrixFactorization(recommender_spec()));
+    let recommender = LoadedModel::from_file(file).unwrap_or_else(|e| panic!("{e}"));
+    let payloads: Vec<String> = user_requests(256, 10)
+        .iter()
+        .map(|r| format!(r#"{{"uid":{}}}"#, r.uid))
+        .collect();
+    let inputs = as_inputs(&payloads);
+    assert_all_scored(&transform_batch(
+        &recommender,
+        &inputs,
+        DEFAULT_MAX_RECORD_BYTES,
+    ));
+    group.throughput(Throughput::Elements(inputs.len() as u64));
+    group.bench_function("recommender_256", |b| {
+        b.iter(|| transform_batch(&recommender, black_box(&inputs), DEFAULT_MAX_RECORD_BYTES))
+    });
+    group.finish();
+}
+
+/// Short runs: on a shared two-core machine longer ones only average in more neighbours.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = kernels;
+    config = config();
+    targets = forest, recommender, decode, encode, transform
+}
+criterion_main!(kernels);

@@ -1,0 +1,375 @@
+//! Exactly-once mode: each micro-batch is one Kafka transaction.
+//!
+//! Per batch: begin → produce outputs and dead letters → send the batch's next offsets to the
+//! transaction (with the consumer's group metadata, so a zombie from an older generation is
+//! fenced) → commit. An abortable failure aborts the transaction and rewinds the consumer to
+//! the batch's first offsets, so the same records are read and scored again; nothing is
+//! skipped. A fatal failure (e.g. fenced by another instance with the same transactional id)
+//! stops the service: continuing could only produce duplicates.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use rdkafka::consumer::Consumer as _;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::warn;
+
+use super::commit;
+use super::sink::Sink;
+use super::source::Consumer;
+
+/// Bound on each blocking transactional call.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries of a call librdkafka reports as retriable before giving up on the batch.
+const RETRIABLE_ATTEMPTS: u32 = 5;
+const RETRY_BACKOFF: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchResult {
+    Committed,
+    /// Aborted and rewound: the batch's records will be consumed again.
+    Aborted,
+}
+
+/// How a failed transactional call may be recovered, as librdkafka classifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnErrorKind {
+    /// Call the same operation again.
+    Retriable,
+    /// Abort the transaction and start the batch over.
+    Abortable,
+    /// The producer is unusable (fenced, or a protocol violation): stop.
+    Fatal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TxnError {
+    pub kind: TxnErrorKind,
+    pub message: String,
+}
+
+impl From<KafkaError> for TxnError {
+    fn from(e: KafkaError) -> Self {
+        let kind = match &e {
+            KafkaError::Transaction(err) if err.is_fatal() => TxnErrorKind::Fatal,
+            KafkaError::Transaction(err) if err.is_retriable() => TxnErrorKind::Retriable,
+            // Anything else (including a plain produce error) leaves the transaction
+            // unfinished; aborting and starting over is always safe.
+            _ => TxnErrorKind::Abortable,
+        };
+        Self {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The transactional calls the pipeline makes, in order, so that their sequence can be
+/// checked without a broker.
+pub trait Transactional {
+    fn begin(&self) -> Result<(), TxnError>;
+    fn send_offsets(&self, offsets: &TopicPartitionList) -> Result<(), TxnError>;
+    fn commit(&self) -> Result<(), TxnError>;
+    fn abort(&self) -> Result<(), TxnError>;
+    /// Moves the consumer back to these offsets after an abort.
+    fn rewind(&self, to: &TopicPartitionList) -> Result<(), TxnError>;
+}
+
+/// The real thing: the sink's transactional producer and the pipeline's consumer.
+pub struct KafkaTransactions<'a> {
+    pub sink: &'a Sink,
+    pub consumer: &'a Consumer,
+}
+
+/// librdkafka's transactional calls block on broker round trips; keep the async workers free.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Transactional for KafkaTransactions<'_> {
+    fn begin(&self) -> Result<(), TxnError> {
+        Ok(blocking(|| self.sink.producer().begin_transaction())?)
+    }
+
+    fn send_offsets(&self, offsets: &TopicPartitionList) -> Result<(), TxnError> {
+        let metadata = self.consumer.group_metadata().ok_or_else(|| TxnError {
+            kind: TxnErrorKind::Abortable,
+            message: "the consumer has no group metadata yet".into(),
+        })?;
+        Ok(blocking(|| {
+            self.sink
+                .producer()
+                .send_offsets_to_transaction(offsets, &metadata, TXN_CALL_TIMEOUT)
+        })?)
+    }
+
+    fn commit(&self) -> Result<(), TxnError> {
+        Ok(blocking(|| {
+            self.sink.producer().commit_transaction(TXN_CALL_TIMEOUT)
+        })?)
+    }
+
+    fn abort(&self) -> Result<(), TxnError> {
+        Ok(blocking(|| {
+            self.sink.producer().abort_transaction(TXN_CALL_TIMEOUT)
+        })?)
+    }
+
+    fn rewind(&self, to: &TopicPartitionList) -> Result<(), TxnError> {
+        blocking(|| self.consumer.seek_partitions(to.clone(), TXN_CALL_TIMEOUT))?;
+        Ok(())
+    }
+}
+
+/// Calls `op` until it succeeds, fails for good, or runs out of retriable attempts.
+async fn with_retries(
+    what: &str,
+    mut op: impl FnMut() -> Result<(), TxnError>,
+) -> Result<(), TxnError> {
+    let mut attempt = 1;
+    loop {
+        match op() {
+            Err(e) if e.kind == TxnErrorKind::Retriable && attempt < RETRIABLE_ATTEMPTS => {
+                warn!(error = %e, attempt, "{what} failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(RETRY_BACKOFF).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Initialises the transactional producer, retrying what librdkafka calls retriable.
+pub async fn init(sink: &Sink) -> anyhow::Result<()> {
+    with_retries("initialising transactions", || {
+        Ok(blocking(|| {
+            sink.producer().init_transactions(TXN_CALL_TIMEOUT)
+        })?)
+    })
+    .await
+    .map_err(|e| anyhow!("cannot initialise the transactional producer: {e}"))
+}
+
+/// Per partition, the first offset of the batch: where to rewind after an abort.
+pub fn first_offsets(records: &[OwnedMessage]) -> anyhow::Result<TopicPartitionList> {
+    let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for r in records {
+        let slot = first.entry((r.topic(), r.partition())).or_insert(i64::MAX);
+        *slot = (*slot).min(r.offset());
+    }
+    let mut tpl = TopicPartitionList::with_capacity(first.len());
+    for ((topic, partition), offset) in first {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(tpl)
+}
+
+/// Runs one batch as a transaction. `produce` (a future, so it starts only once the
+/// transaction has begun) enqueues the batch's records; the commit then waits for their
+/// acknowledgement. On commit, returns what `produce` returned.
+pub async fn run_batch<T: Transactional, P>(
+    txn: &T,
+    records: &[OwnedMessage],
+    produce: impl Future<Output = anyhow::Result<P>>,
+) -> anyhow::Result<(BatchResult, Option<P>)> {
+    txn.begin()
+        .map_err(|e| anyhow!("cannot begin a transaction: {e}"))?;
+    let attempt = async {
+        let produced = produce.await.map_err(|e| TxnError {
+            kind: TxnErrorKind::Abortable,
+            message: format!("{e:#}"),
+        })?;
+        let offsets = commit::to_partition_list(&commit::next_offsets(records))?;
+        with_retries("sending offsets to the transaction", || {
+            txn.send_offsets(&offsets)
+        })
+        .await?;
+        with_retries("committing the transaction", || txn.commit()).await?;
+        Ok::<P, TxnError>(produced)
+    }
+    .await;
+    let failure = match attempt {
+        Ok(produced) => return Ok((BatchResult::Committed, Some(produced))),
+        Err(e) if e.kind == TxnErrorKind::Fatal => {
+            bail!("transaction failed fatally (fenced by another instance?): {e}")
+        }
+        Err(failure) => failure,
+    };
+    warn!(error = %failure, records = records.len(), "transaction failed; aborting and rewinding");
+    with_retries("aborting the transaction", || txn.abort())
+        .await
+        .map_err(|e| anyhow!("cannot abort the transaction after {failure}: {e}"))?;
+    txn.rewind(&first_offsets(records)?)
+        .map_err(|e| anyhow!("cannot rewind the consumer after an abort: {e}"))?;
+    Ok((BatchResult::Aborted, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Timestamp;
+    use std::cell::RefCell;
+
+    /// Records the calls made and fails the ones it is told to.
+    #[derive(Default)]
+    struct Script {
+        calls: RefCell<Vec<String>>,
+        fail_commit_with: RefCell<Vec<TxnError>>,
+        fail_offsets_with: RefCell<Vec<TxnError>>,
+    }
+
+    impl Transactional for Script {
+        fn begin(&self) -> Result<(), TxnError> {
+            self.calls.borrow_mut().push("begin".into());
+            Ok(())
+        }
+        fn send_offsets(&self, offsets: &TopicPartitionList) -> Result<(), TxnError> {
+            let desc: Vec<String> = offsets
+                .elements()
+                .iter()
+                .map(|e| format!("{}:{}", e.partition(), e.offset().to_raw().unwrap_or(-1)))
+                .collect();
+            self.calls
+                .borrow_mut()
+                .push(format!("send_offsets {}", desc.join(",")));
+            match self.fail_offsets_with.borrow_mut().pop() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }
+        fn commit(&self) -> Result<(), TxnError> {
+            self.calls.borrow_mut().push("commit".into());
+            match self.fail_commit_with.borrow_mut().pop() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }
+        fn abort(&self) -> Result<(), TxnError> {
+            self.calls.borrow_mut().push("abort".into());
+            Ok(())
+        }
+        fn rewind(&self, to: &TopicPartitionList) -> Result<(), TxnError> {
+            let desc: Vec<String> = to
+                .elements()
+                .iter()
+                .map(|e| format!("{}:{}", e.partition(), e.offset().to_raw().unwrap_or(-1)))
+                .collect();
+            self.calls
+                .borrow_mut()
+                .push(format!("rewind {}", desc.join(",")));
+            Ok(())
+        }
+    }
+
+    fn batch() -> Vec<OwnedMessage> {
+        [(0, 10), (1, 4), (0, 11), (0, 12), (1, 5)]
+            .iter()
+            .map(|(p, o)| {
+                OwnedMessage::new(
+                    None,
+                    None,
+                    "in".into(),
+                    Timestamp::NotAvailable,
+                    *p,
+                    *o,
+                    None,
+                )
+            })
+            .collect()
+    }
+
+    fn failure(kind: TxnErrorKind) -> TxnError {
+        TxnError {
+            kind,
+            message: format!("injected {kind:?}"),
+        }
+    }
+
+    async fn run(script: &Script, records: &[OwnedMessage]) -> anyhow::Result<BatchResult> {
+        let produce = async {
+            script
+                .calls
+                .borrow_mut()
+                .push(format!("produce {}", records.len()));
+            Ok(())
+        };
+        run_batch(script, records, produce)
+            .await
+            .map(|(result, _)| result)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_batch_is_begin_produce_offsets_commit() {
+        let script = Script::default();
+        assert_eq!(
+            run(&script, &batch()).await.unwrap(),
+            BatchResult::Committed
+        );
+        assert_eq!(
+            *script.calls.borrow(),
+            vec!["begin", "produce 5", "send_offsets 0:13,1:6", "commit"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_abortable_error_aborts_and_rewinds_to_the_batch_start() {
+        let script = Script::default();
+        script
+            .fail_commit_with
+            .borrow_mut()
+            .push(failure(TxnErrorKind::Abortable));
+        assert_eq!(run(&script, &batch()).await.unwrap(), BatchResult::Aborted);
+        assert_eq!(
+            *script.calls.borrow(),
+            vec![
+                "begin",
+                "produce 5",
+                "send_offsets 0:13,1:6",
+                "commit",
+                "abort",
+                "rewind 0:10,1:4"
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_retriable_error_retries_the_same_call() {
+        let script = Script::default();
+        script
+            .fail_offsets_with
+            .borrow_mut()
+            .push(failure(TxnErrorKind::Retriable));
+        assert_eq!(
+            run(&script, &batch()).await.unwrap(),
+            BatchResult::Committed
+        );
+        assert_eq!(
+            *script.calls.borrow(),
+            vec![
+                "begin",
+                "produce 5",
+                "send_offsets 0:13,1:6",
+                "send_offsets 0:13,1:6",
+                "commit"
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_fatal_error_stops_without_aborting_into_a_fenced_producer() {
+        let script = Script::default();
+        script
+            .fail_commit_with
+            .borrow_mut()
+            .push(failure(TxnErrorKind::Fatal));
+        let err = run(&script, &batch()).await.unwrap_err();
+        assert!(err.to_string().contains("fatally"), "{err}");
+        assert!(!script.calls.borrow().contains(&"abort".to_string()));
+    }
+}
