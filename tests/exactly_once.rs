@@ -83,7 +83,7 @@ async fn collect_all_ids(broker: &TestBroker, topics: &Topics, n: usize) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_batch_commits_as_one_transaction() {
     const N: usize = 2_000;
-    let broker = TestBroker::start();
+    let broker = TestBroker::mock();
     let topics = broker.topics(PARTITIONS).await;
     broker.produce(&topics.input, &inputs(0..N)).await;
     let service = start_eos(&broker, &topics, &unique("group"), &unique("txn")).await;
@@ -118,11 +118,8 @@ async fn every_batch_commits_as_one_transaction() {
 /// every input still comes out (at least once: the mock shows aborted records too).
 async fn survives(api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) -> (usize, u64, u64) {
     const N: usize = 600;
-    let broker = TestBroker::start();
-    let mock = broker
-        .mock
-        .as_ref()
-        .expect("fault injection needs the mock cluster");
+    let broker = TestBroker::mock();
+    let mock = broker.mock.as_ref().expect("a mock cluster");
     let topics = broker.topics(PARTITIONS).await;
     if api == RDKafkaApiKey::InitProducerId {
         mock.request_errors(api, errors);
@@ -226,11 +223,8 @@ async fn end_txn_errors_are_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_instance_stops_and_its_replacement_recovers_everything() {
     const N: usize = 600;
-    let broker = TestBroker::start();
-    let mock = broker
-        .mock
-        .as_ref()
-        .expect("fault injection needs the mock cluster");
+    let broker = TestBroker::mock();
+    let mock = broker.mock.as_ref().expect("a mock cluster");
     let topics = broker.topics(PARTITIONS).await;
     let (group, txn_id) = (unique("group"), unique("txn"));
     let first = start_eos(&broker, &topics, &group, &txn_id).await;

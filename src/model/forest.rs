@@ -34,15 +34,25 @@ pub struct ForestSpec {
     pub trees: Vec<TreeSpec>,
 }
 
-const LEAF: u32 = u32::MAX;
+/// `FlatNode::leaf` of a split node.
+const NOT_A_LEAF: u32 = u32::MAX;
 
-/// A split node, or a leaf when `feature == LEAF` (then `left` indexes `leaf_probs`).
+/// Rows that walk one tree side by side. Their walks are independent chains of dependent
+/// loads, so interleaving them lets the CPU overlap the chains instead of waiting out each
+/// one; eight keeps the cursors in registers.
+const ROWS_PER_BLOCK: usize = 8;
+
+/// A split node, or a leaf. A leaf is a split on feature 0 whose both children are the leaf
+/// itself, so that a walk can take further steps after reaching it without going anywhere:
+/// rows walking in lockstep need no per-row test of whether they have arrived.
 #[derive(Debug, Clone, Copy)]
 struct FlatNode {
     threshold: f64,
     feature: u32,
     left: u32,
     right: u32,
+    /// Offset of a leaf's class distribution in `leaf_probs`; `NOT_A_LEAF` for a split.
+    leaf: u32,
 }
 
 /// The scoring form of a forest: every tree's nodes in one array.
@@ -73,7 +83,7 @@ impl Forest {
             return Err(ModelError::Invalid("the forest has no classes".into()));
         }
         let total: usize = spec.trees.iter().map(|t| t.nodes.len()).sum();
-        if total >= LEAF as usize {
+        if total >= NOT_A_LEAF as usize {
             return Err(ModelError::Invalid("the forest has too many nodes".into()));
         }
         let mut nodes = Vec::with_capacity(total);
@@ -109,6 +119,7 @@ impl Forest {
                             feature: *feature as u32,
                             left: (base + left) as u32,
                             right: (base + right) as u32,
+                            leaf: NOT_A_LEAF,
                         }
                     }
                     NodeSpec::Leaf { distribution } => {
@@ -129,13 +140,17 @@ impl Forest {
                                 "class weights must be finite and >= 0".into(),
                             ));
                         }
-                        let offset = leaf_probs.len() as u32;
+                        let offset = u32::try_from(leaf_probs.len()).map_err(|_| {
+                            ModelError::Invalid("the forest has too many leaves".into())
+                        })?;
                         leaf_probs.extend_from_slice(distribution);
+                        let me = (base + i) as u32;
                         FlatNode {
                             threshold: 0.0,
-                            feature: LEAF,
-                            left: offset,
-                            right: 0,
+                            feature: 0,
+                            left: me,
+                            right: me,
+                            leaf: offset,
                         }
                     }
                 };
@@ -162,42 +177,98 @@ impl Forest {
     /// Mean of the leaf class distributions over all trees, one row per input row.
     ///
     /// Tree-major order keeps one tree's nodes hot in cache while the whole batch goes
-    /// through it, which is what makes batching pay off.
+    /// through it, which is what makes batching pay off. Each row still adds up its trees'
+    /// distributions in tree order, so the result is the same to the bit whatever the batch.
     pub fn predict_proba(&self, rows: ArrayView2<'_, f64>) -> Array2<f32> {
         debug_assert_eq!(rows.ncols(), self.n_features);
+        // Rows are read through one flat slice: with fewer columns than the features the
+        // trees test, a row would silently read its neighbour's values.
+        assert!(
+            rows.ncols() >= self.n_features,
+            "{} feature columns for a forest of {} features",
+            rows.ncols(),
+            self.n_features
+        );
         let n_rows = rows.nrows();
         let k = self.n_classes;
         let mut out = Array2::<f32>::zeros((n_rows, k));
-        let Some(out_slice) = out.as_slice_mut() else {
-            unreachable!("a freshly allocated array is contiguous")
+        if n_rows == 0 {
+            return out;
+        }
+        let rows = rows.as_standard_layout();
+        let Some(values) = rows.as_slice() else {
+            unreachable!("a standard-layout array is contiguous")
         };
+        // A forest of no features is all leaves, yet a leaf's idle step reads feature 0.
+        let padded: Vec<f64>;
+        let (values, stride) = if rows.ncols() == 0 {
+            padded = vec![0.0; n_rows];
+            (&padded[..], 1)
+        } else {
+            (values, rows.ncols())
+        };
+
+        let full = n_rows - n_rows % ROWS_PER_BLOCK;
+        // Per tree, the leaf each row reached (its offset in `leaf_probs`).
+        let mut leaves = vec![0u32; n_rows];
+        // Class-major, so that adding a tree's leaves is one plain loop per class rather
+        // than a short, unpredictable loop per row.
+        let mut sums = vec![0f32; k * n_rows];
         for &root in &self.roots {
-            for (r, row) in rows.rows().into_iter().enumerate() {
-                let leaf = self.leaf_of(root, |f| row[f]);
-                let dist = &self.leaf_probs[leaf..leaf + k];
-                for (acc, p) in out_slice[r * k..(r + 1) * k].iter_mut().zip(dist) {
-                    *acc += p;
+            let blocks = values[..full * stride]
+                .chunks_exact(ROWS_PER_BLOCK * stride)
+                .zip(leaves[..full].chunks_exact_mut(ROWS_PER_BLOCK));
+            for (block, reached) in blocks {
+                self.walk::<ROWS_PER_BLOCK>(root, block, stride, reached);
+            }
+            let rest = values[full * stride..]
+                .chunks_exact(stride)
+                .zip(leaves[full..].chunks_exact_mut(1));
+            for (row, reached) in rest {
+                self.walk::<1>(root, row, stride, reached);
+            }
+            for (class, class_sums) in sums.chunks_exact_mut(n_rows).enumerate() {
+                let probs = &self.leaf_probs[class..];
+                for (sum, &leaf) in class_sums.iter_mut().zip(&leaves) {
+                    *sum += probs[leaf as usize];
                 }
             }
         }
+
         let scale = 1.0 / self.roots.len() as f32;
-        out.mapv_inplace(|p| p * scale);
+        for (class, class_sums) in sums.chunks_exact(n_rows).enumerate() {
+            for (p, sum) in out.column_mut(class).iter_mut().zip(class_sums) {
+                *p = sum * scale;
+            }
+        }
         out
     }
 
-    /// Index into `leaf_probs` of the leaf a row reaches from `root`.
-    #[inline]
-    fn leaf_of(&self, root: u32, feature_value: impl Fn(usize) -> f64) -> usize {
-        let mut node = self.nodes[root as usize];
-        while node.feature != LEAF {
-            let next = if feature_value(node.feature as usize) < node.threshold {
-                node.left
-            } else {
-                node.right
-            };
-            node = self.nodes[next as usize];
+    /// Walks `R` rows (`values`, `stride` apart) down the tree at `root` in lockstep and
+    /// writes where in `leaf_probs` the leaf each one reaches keeps its distribution.
+    #[inline(always)]
+    fn walk<const R: usize>(&self, root: u32, values: &[f64], stride: usize, reached: &mut [u32]) {
+        let mut at = [root; R];
+        // Done when a step moves no row: each stands on a leaf, which loops to itself.
+        loop {
+            let mut moved = false;
+            for (r, cursor) in at.iter_mut().enumerate() {
+                let node = &self.nodes[*cursor as usize];
+                let next = if values[r * stride + node.feature as usize] < node.threshold {
+                    node.left
+                } else {
+                    node.right
+                };
+                moved |= next != *cursor;
+                *cursor = next;
+            }
+            if !moved {
+                break;
+            }
         }
-        node.left as usize
+        for (leaf, cursor) in reached.iter_mut().zip(at) {
+            *leaf = self.nodes[cursor as usize].leaf;
+        }
     }
 }
 

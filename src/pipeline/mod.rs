@@ -32,7 +32,7 @@ use sink::{Pending, Sink};
 use source::{create_consumer, Assignment, Consumer, InFlight, SourceContext};
 
 /// Batches scored but not yet acknowledged; beyond this the scoring stage waits.
-const MAX_BATCHES_IN_FLIGHT: usize = 2;
+pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 /// How long shutdown waits for librdkafka to deliver what is still queued.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 

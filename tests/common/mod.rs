@@ -61,13 +61,16 @@ impl TestBroker {
                 brokers,
                 mock: None,
             },
-            _ => {
-                let mock = MockCluster::new(1).expect("mock cluster starts");
-                Self {
-                    brokers: mock.bootstrap_servers(),
-                    mock: Some(mock),
-                }
-            }
+            _ => Self::mock(),
+        }
+    }
+
+    /// Always the in-process mock, for tests that inject faults through it.
+    pub fn mock() -> Self {
+        let mock = MockCluster::new(1).expect("mock cluster starts");
+        Self {
+            brokers: mock.bootstrap_servers(),
+            mock: Some(mock),
         }
     }
 
@@ -199,10 +202,38 @@ pub async fn produce(brokers: &str, topic: &str, records: &[Input]) {
             }
         }
     }
-    for d in deliveries {
-        d.await
-            .expect("delivery answered")
-            .expect("input delivered");
+    // Fault-injection tests make the broker refuse some produce requests, ours included:
+    // re-send those inputs (bounded) so the test's own traffic is complete.
+    let mut attempts = 0;
+    while !deliveries.is_empty() {
+        let mut failed = Vec::new();
+        for d in deliveries {
+            if let Err((e, message)) = d.await.expect("delivery answered") {
+                failed.push((e, message));
+            }
+        }
+        attempts += 1;
+        assert!(
+            failed.is_empty() || attempts < 10,
+            "inputs not delivered: {:?}",
+            failed.first().map(|f| &f.0)
+        );
+        deliveries = failed
+            .iter()
+            .map(|(_, m)| {
+                let mut record = FutureRecord::<[u8], [u8]>::to(m.topic());
+                if let Some(k) = m.key() {
+                    record = record.key(k);
+                }
+                if let Some(v) = m.payload() {
+                    record = record.payload(v);
+                }
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("re-sent")
+            })
+            .collect();
     }
     producer.flush(Duration::from_secs(10)).expect("flushed");
 }
@@ -377,4 +408,161 @@ pub async fn wait_ready(addr: std::net::SocketAddr, timeout: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The real binary running `serve` against a test broker.
+pub struct ServiceProcess {
+    pub child: std::process::Child,
+    pub http_addr: std::net::SocketAddr,
+}
+
+impl ServiceProcess {
+    pub fn spawn(broker: &TestBroker, topics: &Topics, group: &str, extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let http_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .args(["serve", "--model"])
+            .arg(repo_path(IRIS_MODEL))
+            .args([
+                "--http-addr",
+                &http_addr.to_string(),
+                "--batch-interval",
+                "50ms",
+            ])
+            .args([
+                "-X",
+                "fetch.wait.max.ms=10",
+                "-X",
+                "session.timeout.ms=6000",
+            ])
+            .args(extra)
+            .env("STREAMSCORE_BROKERS", &broker.brokers)
+            .env("STREAMSCORE_INPUT_TOPIC", &topics.input)
+            .env("STREAMSCORE_OUTPUT_TOPIC", &topics.output)
+            .env("STREAMSCORE_DEAD_LETTER_TOPIC", &topics.dead_letters)
+            .env("STREAMSCORE_GROUP", group)
+            .env("STREAMSCORE_LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("service starts");
+        Self { child, http_addr }
+    }
+
+    /// Waits until the side port answers and the group has assigned partitions.
+    pub async fn ready(&self) {
+        let wait = async {
+            while tokio::net::TcpStream::connect(self.http_addr)
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            wait_ready(self.http_addr, Duration::from_secs(30)).await;
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("ready in time");
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, killing it if it overstays `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the service did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Outputs per input id, for counting losses and duplicates.
+pub fn id_counts(outputs: &[Collected]) -> HashMap<u64, usize> {
+    let mut counts = HashMap::new();
+    for out in outputs {
+        if let Some(id) = out.json()["id"].as_u64() {
+            *counts.entry(id).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Keyed iris records with ids in `range`.
+pub fn iris_inputs(range: std::ops::Range<usize>) -> Vec<Input> {
+    let rows = iris_rows();
+    range
+        .map(|i| {
+            (
+                Some(format!("k{i}").into_bytes()),
+                Some(iris_json(i, &rows[i % rows.len()].0)),
+            )
+        })
+        .collect()
+}
+
+/// Reads the output topic until every id below `n` has appeared (or `timeout`).
+pub async fn collect_ids(
+    broker: &TestBroker,
+    topics: &Topics,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Collected> {
+    let mut seen = std::collections::HashSet::new();
+    broker
+        .collect_until(&[&topics.output], topics.partitions, timeout, |got| {
+            if let Some(id) = got.last().and_then(|l| l.json()["id"].as_u64()) {
+                seen.insert(id);
+            }
+            seen.len() >= n
+        })
+        .await
+}
+
+/// Loss and duplicate counts of a run, printed for the fault matrix.
+#[derive(Debug)]
+pub struct Tally {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub missing: usize,
+    pub duplicates: usize,
+}
+
+pub fn tally(case: &str, n: usize, outputs: &[Collected]) -> Tally {
+    let counts = id_counts(outputs);
+    let missing = (0..n as u64).filter(|i| !counts.contains_key(i)).count();
+    let duplicates = counts.values().map(|c| c - 1).sum();
+    let t = Tally {
+        inputs: n,
+        outputs: outputs.len(),
+        missing,
+        duplicates,
+    };
+    eprintln!(
+        "FAULT-MATRIX {case}: in={} out={} lost={} duplicated={}",
+        t.inputs, t.outputs, t.missing, t.duplicates
+    );
+    t
 }
