@@ -114,7 +114,7 @@ async fn broker_down_and_up_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retriable_produce_errors() {
-    let (t, _) = injected(
+    let (t, metrics) = injected(
         "produce: 20 × NOT_ENOUGH_REPLICAS",
         When::BeforeStart,
         |mock| {
@@ -128,6 +128,11 @@ async fn retriable_produce_errors() {
     assert_eq!(
         t.duplicates, 0,
         "the idempotent producer retries without duplicating"
+    );
+    assert_eq!(
+        metric(&metrics, "streamscore_delivery_retries_total"),
+        0,
+        "librdkafka absorbs retriable errors; the sink never had to re-send"
     );
 }
 
