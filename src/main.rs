@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::report_fatal(&e);
             ExitCode::FAILURE
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::ServeArgs;
 use crate::http::{self, HttpState};
@@ -144,9 +144,6 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     ));
     let result = handle.wait().await;
     signals.abort();
-    if let Err(e) = &result {
-        error!(error = format!("{e:#}"), "service stopped on an error");
-    }
     result
 }
 

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::source::{Assignment, Consumer};
+use super::source::{Assignment, Consumer, LogThrottle};
 
 pub struct Batch {
     pub records: Vec<OwnedMessage>,
@@ -19,6 +19,7 @@ pub struct Batch {
 pub struct Batcher {
     pub interval: Duration,
     pub max_records: usize,
+    pub consumer_errors: LogThrottle,
 }
 
 impl Batcher {
@@ -34,7 +35,7 @@ impl Batcher {
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return None,
-            first = recv(consumer) => first,
+            first = self.recv(consumer) => first,
         };
         records.push(first);
         let opened = Instant::now();
@@ -54,20 +55,24 @@ impl Batcher {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(deadline) => break,
-                record = recv(consumer) => records.push(record),
+                record = self.recv(consumer) => records.push(record),
             }
         }
         Some(Batch { records, opened })
     }
-}
 
-async fn recv(consumer: &Consumer) -> OwnedMessage {
-    loop {
-        match consumer.recv().await {
-            Ok(message) => return message.detach(),
-            // Consumer errors are reports (a broker went away, a fetch failed); librdkafka
-            // recovers by itself, so note them and keep reading.
-            Err(e) => warn!(error = %e, "consumer error"),
+    async fn recv(&self, consumer: &Consumer) -> OwnedMessage {
+        loop {
+            match consumer.recv().await {
+                Ok(message) => return message.detach(),
+                // Consumer errors are reports (a broker went away, a fetch failed);
+                // librdkafka recovers by itself, so note them and keep reading.
+                Err(e) => {
+                    if let Some(suppressed) = self.consumer_errors.admit() {
+                        warn!(error = %e, suppressed, "consumer error");
+                    }
+                }
+            }
         }
     }
 }

@@ -93,6 +93,7 @@ pub async fn run(
             &config,
             SourceContext {
                 input_topic: config.input_topic.clone(),
+                client_errors: Default::default(),
                 metrics: Arc::clone(&shared.metrics),
                 assignment: Arc::clone(&shared.assignment),
                 in_flight: Arc::clone(&in_flight),
@@ -153,6 +154,7 @@ async fn score_stage(
     let batcher = Batcher {
         interval: config.batch_interval,
         max_records: config.max_batch,
+        consumer_errors: Default::default(),
     };
     while let Some(batch) = batcher.next(consumer, &shared.assignment, shutdown).await {
         if batch.records.is_empty() {

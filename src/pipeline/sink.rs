@@ -40,6 +40,8 @@ pub struct Pending {
     delivery: DeliveryFuture,
     destination: Destination,
     attempts: u32,
+    /// The input record this output answers, named in every error about it.
+    source: (i32, i64),
 }
 
 pub struct Sink {
@@ -109,6 +111,7 @@ impl Sink {
                 delivery,
                 destination,
                 attempts: 1,
+                source: (input.partition(), input.offset()),
             });
         }
         Ok(pending)
@@ -165,21 +168,23 @@ impl Sink {
                 match p.delivery.await {
                     Ok(Ok(_)) => self.count_acknowledged(p.destination),
                     Ok(Err((error, message))) => {
-                        failed.push((p.destination, p.attempts, error, message))
+                        failed.push((p.destination, p.attempts, p.source, error, message))
                     }
                     Err(_) => bail!("the producer shut down before acknowledging a record"),
                 }
             }
             queue = Vec::with_capacity(failed.len());
-            for (destination, attempts, error, message) in failed {
+            for (destination, attempts, source, error, message) in failed {
+                let (partition, offset) = source;
                 if attempts >= MAX_SEND_ATTEMPTS {
                     return Err(anyhow!(
-                        "giving up on a record for {} after {attempts} attempts: {error}",
+                        "giving up on the output of input partition {partition} offset {offset} \
+                         to {} after {attempts} attempts: {error}",
                         message.topic()
                     ));
                 }
-                warn!(topic = message.topic(), partition = message.partition(), error = %error,
-                      attempt = attempts, "delivery failed; re-sending");
+                warn!(topic = message.topic(), input_partition = partition, input_offset = offset,
+                      error = %error, attempt = attempts, "delivery failed; re-sending");
                 self.metrics.delivery_retries.inc();
                 let mut record = FutureRecord::<[u8], [u8]>::to(message.topic());
                 if let Some(key) = message.key() {
@@ -188,13 +193,13 @@ impl Sink {
                 if let Some(headers) = message.headers() {
                     record = record.headers(headers.clone());
                 }
+                if let Some(payload) = message.payload() {
+                    record = record.payload(payload);
+                }
                 let too_large = matches!(
                     error,
                     KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
                 );
-                if let Some(payload) = message.payload() {
-                    record = record.payload(payload);
-                }
                 if too_large && matches!(destination, Destination::DeadLetter(_)) {
                     record = without_payload(record);
                 }
@@ -202,6 +207,7 @@ impl Sink {
                     delivery: self.enqueue(record).await?,
                     destination,
                     attempts: attempts + 1,
+                    source,
                 });
             }
         }

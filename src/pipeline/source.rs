@@ -16,6 +16,35 @@ use tracing::{info, warn};
 use super::PipelineConfig;
 use crate::metrics::Metrics;
 
+/// While the broker is unreachable librdkafka reports the same error many times a second;
+/// one line per kind per interval says as much without flooding the logs.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Logs an error at most once per `ERROR_LOG_INTERVAL`, counting what it held back.
+#[derive(Default)]
+pub struct LogThrottle {
+    state: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl LogThrottle {
+    /// Returns `Some(suppressed)` when this occurrence should be logged.
+    pub fn admit(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match &mut *state {
+            Some((since, suppressed)) if now.duration_since(*since) < ERROR_LOG_INTERVAL => {
+                *suppressed += 1;
+                None
+            }
+            slot => {
+                let suppressed = slot.map_or(0, |(_, n)| n);
+                *slot = Some((now, 0));
+                Some(suppressed)
+            }
+        }
+    }
+}
+
 /// Longest a revoke waits for in-flight batches to commit before letting the partitions go.
 const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -99,12 +128,19 @@ impl InFlight {
 
 pub struct SourceContext {
     pub input_topic: String,
+    pub client_errors: LogThrottle,
     pub metrics: Arc<Metrics>,
     pub assignment: Arc<Assignment>,
     pub in_flight: Arc<InFlight>,
 }
 
 impl ClientContext for SourceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let Some(suppressed) = self.client_errors.admit() {
+            warn!(error = %error, reason, suppressed, "Kafka client error");
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.input_topic) else {
             return;
