@@ -4,6 +4,7 @@
 //! → `pipeline::sink`, and a batch's offsets are committed only after every record it
 //! produced has been acknowledged. See README.md for the picture.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod http;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use streamscore::logging::{self, LogFormat};
-use streamscore::{config, demo, score, service, train};
+use streamscore::{bench, config, demo, score, service, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,6 +40,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Run the service against an embedded broker with sample traffic.
     Demo(demo::DemoArgs),
+    /// End-to-end throughput or latency figures of the service against a broker.
+    Bench(bench::BenchArgs),
     /// Generate training data.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -78,6 +80,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => runtime()?.block_on(service::serve(&args))?,
         Command::Demo(args) => runtime()?.block_on(demo::run(&args))?,
+        Command::Bench(args) => runtime()?.block_on(bench::run(&args))?,
         Command::Train(TrainCommand::Iris(args)) => train::iris::run(&args)?,
         Command::Train(TrainCommand::Recommender(args)) => train::recommender::run(&args)?,
         Command::Gen(GenCommand::Ratings(args)) => train::ratings::run(&args)?,

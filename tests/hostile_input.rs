@@ -804,20 +804,20 @@ fn check_batch(model: &LoadedModel, payloads: &[Option<Vec<u8>>]) -> Result<(), 
     let outcomes = transform(model, payloads, DEFAULT_MAX_RECORD_BYTES);
     prop_assert_eq!(outcomes.len(), payloads.len());
     for (i, (outcome, payload)) in outcomes.iter().zip(payloads).enumerate() {
-        let alone = transform(
+        let alone = transform_batch(
             model,
-            std::slice::from_ref(payload),
+            &[Input {
+                payload: payload.as_deref(),
+                source: position(i),
+            }],
             DEFAULT_MAX_RECORD_BYTES,
         );
-        match (&alone[0], outcome) {
-            // Alone, the record sits at offset 0.
-            (Outcome::Scored(_), Outcome::Scored(bytes)) => {
-                let envelope: Envelope = serde_json::from_slice(bytes)
-                    .map_err(|e| TestCaseError::fail(format!("output is not JSON: {e}")))?;
-                prop_assert_eq!(envelope.offset, i as i64);
-                prop_assert_eq!(&envelope.model_version, &model.version);
-            }
-            (alone, outcome) => prop_assert_eq!(alone, outcome),
+        prop_assert_eq!(&alone[0], outcome);
+        if let Outcome::Scored(bytes) = outcome {
+            let envelope: Envelope = serde_json::from_slice(bytes)
+                .map_err(|e| TestCaseError::fail(format!("output is not JSON: {e}")))?;
+            prop_assert_eq!(envelope.offset, i as i64);
+            prop_assert_eq!(&envelope.model_version, &model.version);
         }
     }
     Ok(())
@@ -1179,16 +1179,14 @@ proptest! {
             }
             Some(render(&fields))
         };
-        let payloads = [record([false; 4]), record(dotted), record([true; 4])];
-        let outcomes = transform(iris(), &payloads, DEFAULT_MAX_RECORD_BYTES);
-        // Same source position, so that even the outputs' bytes can be compared.
-        let alone: Vec<_> = payloads
+        // Each scored alone, at the same source position, so that even the outputs' bytes
+        // can be compared.
+        let outcomes: Vec<_> = [record([false; 4]), record(dotted), record([true; 4])]
             .iter()
             .map(|p| transform(iris(), std::slice::from_ref(p), DEFAULT_MAX_RECORD_BYTES))
             .collect();
-        prop_assert_eq!(&alone[0], &alone[1]);
-        prop_assert_eq!(&alone[0], &alone[2]);
-        prop_assert_eq!(outcomes.len(), 3);
+        prop_assert_eq!(&outcomes[0], &outcomes[1]);
+        prop_assert_eq!(&outcomes[0], &outcomes[2]);
     }
 }
 

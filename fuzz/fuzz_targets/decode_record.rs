@@ -48,7 +48,8 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         for (input, outcome) in inputs.iter().zip(&outcomes) {
-            let alone = transform_batch(model, std::slice::from_ref(input), DEFAULT_MAX_RECORD_BYTES);
+            let alone =
+                transform_batch(model, std::slice::from_ref(input), DEFAULT_MAX_RECORD_BYTES);
             assert_eq!(alone.first(), Some(outcome));
             if let Outcome::Scored(bytes) = outcome {
                 serde_json::from_slice::<serde::de::IgnoredAny>(bytes).expect("output is JSON");

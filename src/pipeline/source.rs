@@ -216,9 +216,15 @@ pub fn create_consumer(config: &PipelineConfig, context: SourceContext) -> Kafka
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
-        // Bounds the records fetched ahead of the pipeline, so that a slow sink pauses
-        // fetching instead of buffering the topic in memory.
-        .set("queued.max.messages.kbytes", "16384");
+        // Bound what is fetched ahead of the pipeline (librdkafka's defaults prefetch up to
+        // 100,000 records or 64 MiB): a slow sink then pauses fetching instead of buffering
+        // the topic in memory, and peak RSS stays small. 20,000 records is still many
+        // batches ahead at the default --max-batch.
+        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "8192")
+        // One fetch response is one allocation; 50 MiB (the default) would be most of the
+        // service's memory for no gain in throughput.
+        .set("fetch.max.bytes", "4194304");
     for (key, value) in config.properties.iter().chain(&config.consumer_properties) {
         client.set(key, value);
     }

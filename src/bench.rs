@@ -1,0 +1,665 @@
+//! `streamscore bench`: end-to-end figures of the real service against a broker.
+//!
+//! The service under test is this same binary running `serve` as a child process, so its
+//! CPU time and peak RSS are its own (read from /proc), not the load generator's. Throughput
+//! mode pre-loads N records, then runs the pipeline twice over them: with the model, and
+//! with an identity model (a one-leaf forest: decode and encode, no real scoring), the
+//! ceiling the model is compared against. Latency mode produces at a fixed rate and measures
+//! each record from its send time (carried in its `id`) to the moment its output is read.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::model::forest::{NodeSpec, TreeSpec};
+use crate::model::{ForestSpec, ModelBody, ModelFile};
+
+/// The mock cluster keeps only about 5 MiB per partition; beyond this many records per
+/// partition the oldest input would silently vanish before it is read.
+const MOCK_RECORDS_PER_PARTITION: usize = 20_000;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Broker to run against; an embedded mock cluster when absent (N is then capped).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Records to pre-load (throughput mode).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: usize,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=256))]
+    pub partitions: i32,
+    /// A random-forest model file.
+    #[arg(long, default_value = "models/iris-forest.json")]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    pub max_batch: u32,
+    #[arg(long, default_value = "100ms")]
+    pub batch_interval: String,
+    /// Fixed-rate latency run instead of the throughput runs.
+    #[arg(long)]
+    pub latency: bool,
+    /// Records per second in latency mode.
+    #[arg(long, default_value_t = 5000)]
+    pub rate: u32,
+    /// Length of the latency run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RunFigures {
+    model: String,
+    records: usize,
+    seconds: f64,
+    records_per_second: f64,
+    batch_latency_p50_ms: f64,
+    batch_latency_p99_ms: f64,
+    cpu_seconds: f64,
+    peak_rss_mb: f64,
+    start_to_ready_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ThroughputReport {
+    broker: String,
+    partitions: i32,
+    preload_records_per_second: f64,
+    forest: RunFigures,
+    identity: RunFigures,
+    forest_over_ceiling: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct LatencyReport {
+    broker: String,
+    rate: u32,
+    seconds: f64,
+    sent: usize,
+    received: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    batch_interval: String,
+    cpu_seconds: f64,
+    peak_rss_mb: f64,
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let mock = match &args.brokers {
+        Some(_) => None,
+        None => Some(MockCluster::new(1).context("starting the embedded broker")?),
+    };
+    let brokers = match (&args.brokers, &mock) {
+        (Some(b), _) => b.clone(),
+        (None, Some(m)) => m.bootstrap_servers(),
+        (None, None) => unreachable!("a mock is started when no broker is given"),
+    };
+    let run_id = format!(
+        "{}",
+        SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis()
+    );
+    let topics = BenchTopics::new(&run_id);
+    for topic in topics.all() {
+        match &mock {
+            Some(m) => m.create_topic(topic, args.partitions, 1)?,
+            None => create_topic(&brokers, topic, args.partitions).await?,
+        }
+    }
+    let work = tempfile_dir()?;
+    let identity_model = work.join("identity.json");
+    identity_of(&args.model)?.write(&identity_model)?;
+
+    if args.latency {
+        let report = latency(args, &brokers, &topics).await?;
+        print_latency(&report, args.json)?;
+    } else {
+        let mut records = args.records;
+        if mock.is_some() {
+            let cap = MOCK_RECORDS_PER_PARTITION * args.partitions as usize;
+            if records > cap {
+                eprintln!("embedded mock broker: capping N at {cap} (it keeps ~5 MiB per partition); pass --brokers for larger runs");
+                records = cap;
+            }
+        }
+        let preload_rate = preload(&brokers, &topics.input, records).await?;
+        let forest = serve_until_done(
+            args,
+            &brokers,
+            &topics,
+            &topics.forest_out,
+            &args.model,
+            records,
+        )
+        .await?;
+        let identity = serve_until_done(
+            args,
+            &brokers,
+            &topics,
+            &topics.identity_out,
+            &identity_model,
+            records,
+        )
+        .await?;
+        let report = ThroughputReport {
+            broker: brokers.clone(),
+            partitions: args.partitions,
+            preload_records_per_second: preload_rate,
+            forest_over_ceiling: forest.records_per_second / identity.records_per_second,
+            forest,
+            identity,
+        };
+        print_throughput(&report, args.json)?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+struct BenchTopics {
+    input: String,
+    forest_out: String,
+    identity_out: String,
+    dead_letters: String,
+}
+
+impl BenchTopics {
+    fn new(run_id: &str) -> Self {
+        Self {
+            input: format!("bench-in-{run_id}"),
+            forest_out: format!("bench-forest-{run_id}"),
+            identity_out: format!("bench-identity-{run_id}"),
+            dead_letters: format!("bench-dlq-{run_id}"),
+        }
+    }
+
+    fn all(&self) -> [&str; 4] {
+        [
+            &self.input,
+            &self.forest_out,
+            &self.identity_out,
+            &self.dead_letters,
+        ]
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("streamscore-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+async fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    for r in results {
+        r.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
+    }
+    Ok(())
+}
+
+/// The same features and classes as `model`, scored by one leaf: what the pipeline costs
+/// without the model.
+fn identity_of(model: &Path) -> anyhow::Result<ModelFile> {
+    let file = ModelFile::read(model)?;
+    let classes = file.meta.classes.len();
+    if !matches!(file.body, ModelBody::RandomForest(_)) || classes == 0 {
+        bail!("the benchmark needs a random-forest model");
+    }
+    let leaf = NodeSpec::Leaf {
+        distribution: vec![1.0 / classes as f32; classes],
+    };
+    let body = ModelBody::RandomForest(ForestSpec {
+        trees: vec![TreeSpec { nodes: vec![leaf] }],
+    });
+    Ok(ModelFile::new(file.meta, body))
+}
+
+fn producer(brokers: &str, linger_ms: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", linger_ms)
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+fn iris_value(id: u64, i: usize) -> String {
+    // A few distinct rows, so the forest takes different paths.
+    const ROWS: [[f64; 4]; 3] = [
+        [5.1, 3.5, 1.4, 0.2],
+        [6.4, 3.2, 4.5, 1.5],
+        [6.3, 3.3, 6.0, 2.5],
+    ];
+    let r = ROWS[i % ROWS.len()];
+    format!(
+        r#"{{"id":{id},"sepal_length":{},"sepal_width":{},"petal_length":{},"petal_width":{}}}"#,
+        r[0], r[1], r[2], r[3]
+    )
+}
+
+/// Produces `n` records and waits for all acknowledgements; returns records per second.
+async fn preload(brokers: &str, topic: &str, n: usize) -> anyhow::Result<f64> {
+    let producer = producer(brokers, "20")?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(n.min(1 << 20));
+    for i in 0..n {
+        let key = format!("k{i}");
+        let value = iris_value(i as u64, i);
+        let mut record = FutureRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send_result(record) {
+                Ok(d) => break deliveries.push(d),
+                Err((_, back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+    for d in deliveries {
+        d.await?
+            .map_err(|(e, _)| e)
+            .context("pre-loading the input")?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+struct ServiceChild {
+    child: Child,
+    http: SocketAddr,
+    started: Instant,
+}
+
+impl Drop for ServiceChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_service(
+    args: &BenchArgs,
+    brokers: &str,
+    topics: &BenchTopics,
+    output: &str,
+    model: &Path,
+) -> anyhow::Result<ServiceChild> {
+    let http: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let started = Instant::now();
+    let child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--model"])
+        .arg(model)
+        .args(["--http-addr", &http.to_string()])
+        .args(["--max-batch", &args.max_batch.to_string()])
+        .args(["--batch-interval", &args.batch_interval])
+        .env("STREAMSCORE_BROKERS", brokers)
+        .env("STREAMSCORE_INPUT_TOPIC", &topics.input)
+        .env("STREAMSCORE_OUTPUT_TOPIC", output)
+        .env("STREAMSCORE_DEAD_LETTER_TOPIC", &topics.dead_letters)
+        .env("STREAMSCORE_GROUP", format!("bench-{output}"))
+        .env("STREAMSCORE_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the service")?;
+    Ok(ServiceChild {
+        child,
+        http,
+        started,
+    })
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+async fn wait_ready(child: &mut ServiceChild, timeout: Duration) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((200, _)) = http_get(child.http, "/readyz").await {
+            return Ok(child.started.elapsed());
+        }
+        if let Some(status) = child.child.try_wait()? {
+            bail!("the service exited during start-up: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("the service was not ready within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A quantile of a Prometheus histogram, interpolated linearly inside its bucket.
+fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&format!("{name}_bucket{{le=\""))?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return 0.0;
+    }
+    let target = q * total;
+    let (mut lower_le, mut lower_count) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= target {
+            if le.is_infinite() {
+                return lower_le;
+            }
+            let fraction = if count > lower_count {
+                (target - lower_count) / (count - lower_count)
+            } else {
+                0.0
+            };
+            return lower_le + (le - lower_le) * fraction;
+        }
+        (lower_le, lower_count) = (le, count);
+    }
+    lower_le
+}
+
+/// CPU seconds (user + system) and peak RSS in MB of a live process, from /proc.
+fn process_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
+    // USER_HZ is 100 on every Linux this runs on.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Ok((cpu, hwm_kb / 1024.0))
+}
+
+async fn serve_until_done(
+    args: &BenchArgs,
+    brokers: &str,
+    topics: &BenchTopics,
+    output: &str,
+    model: &Path,
+    records: usize,
+) -> anyhow::Result<RunFigures> {
+    let mut child = spawn_service(args, brokers, topics, output, model)?;
+    let ready = wait_ready(&mut child, Duration::from_secs(60)).await?;
+    let mut first_in: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let metrics = loop {
+        let Some((_, metrics)) = http_get(child.http, "/metrics").await else {
+            bail!("the service stopped answering");
+        };
+        if first_in.is_none() && metric_sum(&metrics, "streamscore_records_in_total") > 0.0 {
+            first_in = Some(Instant::now());
+        }
+        let done = metric_sum(&metrics, "streamscore_records_out_total")
+            + metric_sum(&metrics, "streamscore_records_dead_lettered_total");
+        if done >= records as f64 {
+            break metrics;
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {records} records done after an hour");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let seconds = first_in.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let (cpu_seconds, peak_rss_mb) = process_usage(child.child.id())?;
+    Ok(RunFigures {
+        model: model.display().to_string(),
+        records,
+        seconds,
+        records_per_second: records as f64 / seconds.max(1e-9),
+        batch_latency_p50_ms: histogram_quantile(
+            &metrics,
+            "streamscore_batch_latency_seconds",
+            0.5,
+        ) * 1e3,
+        batch_latency_p99_ms: histogram_quantile(
+            &metrics,
+            "streamscore_batch_latency_seconds",
+            0.99,
+        ) * 1e3,
+        cpu_seconds,
+        peak_rss_mb,
+        start_to_ready_ms: ready.as_secs_f64() * 1e3,
+    })
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn latency(
+    args: &BenchArgs,
+    brokers: &str,
+    topics: &BenchTopics,
+) -> anyhow::Result<LatencyReport> {
+    let mut child = spawn_service(args, brokers, topics, &topics.forest_out, &args.model)?;
+    wait_ready(&mut child, Duration::from_secs(60)).await?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-reader-{}", topics.forest_out))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..args.partitions {
+        tpl.add_partition_offset(&topics.forest_out, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+
+    let producer = producer(brokers, "0")?;
+    let total = (f64::from(args.rate) * args.duration.as_secs_f64()) as usize;
+    let input = topics.input.clone();
+    let rate = args.rate;
+    let sender = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut sent = 0usize;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        while sent < total {
+            tick.tick().await;
+            let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as usize).min(total);
+            while sent < due {
+                let key = format!("k{sent}");
+                let value = iris_value(now_micros(), sent);
+                // A full queue here means the broker is far behind; the sample is lost
+                // to the figures, which the received count shows.
+                let _ = producer.send_result(FutureRecord::to(&input).key(&key).payload(&value));
+                sent += 1;
+            }
+        }
+        let _ = producer.flush(Duration::from_secs(10));
+        sent
+    });
+
+    let mut latencies_us: Vec<u64> = Vec::with_capacity(total);
+    let deadline = Instant::now() + args.duration + Duration::from_secs(30);
+    while latencies_us.len() < total {
+        let message = tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+            m = consumer.recv() => m,
+        };
+        let Ok(message) = message else { continue };
+        let sent_at = message
+            .payload()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .and_then(|v| v["id"].as_u64());
+        if let Some(sent_at) = sent_at {
+            latencies_us.push(now_micros().saturating_sub(sent_at));
+        }
+    }
+    let sent = sender.await?;
+    let (cpu_seconds, peak_rss_mb) = process_usage(child.child.id())?;
+    latencies_us.sort_unstable();
+    let pick = |q: f64| {
+        latencies_us
+            .get(((latencies_us.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(0.0, |us| *us as f64 / 1e3)
+    };
+    Ok(LatencyReport {
+        broker: brokers.to_owned(),
+        rate: args.rate,
+        seconds: args.duration.as_secs_f64(),
+        sent,
+        received: latencies_us.len(),
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        max_ms: pick(1.0),
+        batch_interval: args.batch_interval.clone(),
+        cpu_seconds,
+        peak_rss_mb,
+    })
+}
+
+fn print_throughput(r: &ThroughputReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!(
+        "broker {}  partitions {}  pre-load {:.0} records/s",
+        r.broker, r.partitions, r.preload_records_per_second
+    );
+    println!(
+        "{:<10} {:>10} {:>9} {:>12} {:>10} {:>10} {:>9} {:>9} {:>11}",
+        "run",
+        "records",
+        "seconds",
+        "records/s",
+        "batch p50",
+        "batch p99",
+        "cpu s",
+        "peak MB",
+        "ready ms"
+    );
+    for (name, f) in [("forest", &r.forest), ("identity", &r.identity)] {
+        println!(
+            "{:<10} {:>10} {:>9.2} {:>12.0} {:>8.1}ms {:>8.1}ms {:>9.2} {:>9.1} {:>11.0}",
+            name,
+            f.records,
+            f.seconds,
+            f.records_per_second,
+            f.batch_latency_p50_ms,
+            f.batch_latency_p99_ms,
+            f.cpu_seconds,
+            f.peak_rss_mb,
+            f.start_to_ready_ms
+        );
+    }
+    println!("forest / identity ceiling: {:.3}", r.forest_over_ceiling);
+    Ok(())
+}
+
+fn print_latency(r: &LatencyReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!(
+        "broker {}  {} records/s for {:.0} s, batch interval {}",
+        r.broker, r.rate, r.seconds, r.batch_interval
+    );
+    println!(
+        "sent {}  received {}  latency p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (service: {:.2} cpu s, peak {:.1} MB)",
+        r.sent, r.received, r.p50_ms, r.p99_ms, r.max_ms, r.cpu_seconds, r.peak_rss_mb
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_buckets() {
+        let text = "h_bucket{le=\"0.01\"} 0\nh_bucket{le=\"0.02\"} 50\nh_bucket{le=\"0.04\"} 100\nh_bucket{le=\"+Inf\"} 100\n";
+        assert!((histogram_quantile(text, "h", 0.5) - 0.02).abs() < 1e-12);
+        assert!((histogram_quantile(text, "h", 0.75) - 0.03).abs() < 1e-12);
+        assert_eq!(histogram_quantile("", "h", 0.5), 0.0);
+    }
+
+    #[test]
+    fn metric_sums_add_labelled_series_only_of_that_name() {
+        let text = "# HELP x\nx_total 3\nx_total{reason=\"a\"} 2\nx_totally 100\n";
+        assert_eq!(metric_sum(text, "x_total"), 5.0);
+    }
+
+    #[test]
+    fn the_identity_model_is_a_valid_one_leaf_forest() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/iris-forest.json");
+        let identity = identity_of(&path).unwrap();
+        let loaded = crate::model::LoadedModel::from_file(identity).unwrap();
+        let crate::model::Model::Forest(forest) = &loaded.model else {
+            panic!("not a forest")
+        };
+        assert_eq!(forest.n_trees(), 1);
+        let probs = forest.predict_proba(ndarray::array![[5.1, 3.5, 1.4, 0.2]].view());
+        assert!(probs.iter().all(|p| (p - 1.0 / 3.0).abs() < 1e-6));
+    }
+}
