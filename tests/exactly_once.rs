@@ -19,18 +19,6 @@ use streamscore::service::ServiceHandle;
 
 const PARTITIONS: i32 = 2;
 
-fn inputs(range: std::ops::Range<usize>) -> Vec<Input> {
-    let rows = iris_rows();
-    range
-        .map(|i| {
-            (
-                Some(format!("k{i}").into_bytes()),
-                Some(iris_json(i, &rows[i % rows.len()].0)),
-            )
-        })
-        .collect()
-}
-
 async fn start_eos(
     broker: &TestBroker,
     topics: &Topics,
@@ -85,7 +73,7 @@ async fn every_batch_commits_as_one_transaction() {
     const N: usize = 2_000;
     let broker = TestBroker::mock();
     let topics = broker.topics(PARTITIONS).await;
-    broker.produce(&topics.input, &inputs(0..N)).await;
+    broker.produce(&topics.input, &iris_inputs(0..N)).await;
     let service = start_eos(&broker, &topics, &unique("group"), &unique("txn")).await;
     let outputs = broker
         .collect(&[&topics.output], PARTITIONS, N, Duration::from_secs(60))
@@ -126,14 +114,14 @@ async fn survives(api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) -> (usize, u64,
     }
     let service = start_eos(&broker, &topics, &unique("group"), &unique("txn")).await;
     wait_ready(service.http_addr, Duration::from_secs(30)).await;
-    broker.produce(&topics.input, &inputs(0..N / 2)).await;
+    broker.produce(&topics.input, &iris_inputs(0..N / 2)).await;
     let _ = broker
         .collect(&[&topics.output], PARTITIONS, 50, Duration::from_secs(30))
         .await;
     if api != RDKafkaApiKey::InitProducerId {
         mock.request_errors(api, errors);
     }
-    broker.produce(&topics.input, &inputs(N / 2..N)).await;
+    broker.produce(&topics.input, &iris_inputs(N / 2..N)).await;
     let outputs = collect_all_ids(&broker, &topics, N).await;
     let (_, metrics) = http(service.http_addr, "GET", "/metrics", &[], "").await;
     service
@@ -229,7 +217,7 @@ async fn a_fenced_instance_stops_and_its_replacement_recovers_everything() {
     let (group, txn_id) = (unique("group"), unique("txn"));
     let first = start_eos(&broker, &topics, &group, &txn_id).await;
     wait_ready(first.http_addr, Duration::from_secs(30)).await;
-    broker.produce(&topics.input, &inputs(0..N / 2)).await;
+    broker.produce(&topics.input, &iris_inputs(0..N / 2)).await;
     let _ = broker
         .collect(
             &[&topics.output],
@@ -240,7 +228,7 @@ async fn a_fenced_instance_stops_and_its_replacement_recovers_everything() {
         .await;
 
     mock.request_errors(RDKafkaApiKey::EndTxn, &[RD_KAFKA_RESP_ERR_PRODUCER_FENCED]);
-    broker.produce(&topics.input, &inputs(N / 2..N)).await;
+    broker.produce(&topics.input, &iris_inputs(N / 2..N)).await;
     let first_result = tokio::time::timeout(Duration::from_secs(60), first.wait())
         .await
         .expect("the fenced instance stops by itself");

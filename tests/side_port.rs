@@ -27,18 +27,6 @@ fn small_forest(seed: u64) -> ModelFile {
     train(&data, &args, false).expect("trained").file
 }
 
-fn inputs(range: std::ops::Range<usize>) -> Vec<Input> {
-    let rows = iris_rows();
-    range
-        .map(|i| {
-            (
-                Some(format!("k{i}").into_bytes()),
-                Some(iris_json(i, &rows[i % rows.len()].0)),
-            )
-        })
-        .collect()
-}
-
 fn write_over(path: &Path, bytes: &[u8]) {
     // Replace atomically, as an operator's deploy step would.
     let tmp = path.with_extension("tmp");
@@ -67,7 +55,7 @@ async fn reload_under_traffic_switches_models_without_losing_records() {
         let brokers = broker.brokers.clone();
         let input = topics.input.clone();
         tokio::spawn(async move {
-            for chunk in inputs(0..N).chunks(100) {
+            for chunk in iris_inputs(0..N).chunks(100) {
                 produce(&brokers, &input, chunk).await;
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
@@ -115,7 +103,7 @@ async fn reload_under_traffic_switches_models_without_losing_records() {
     assert!(body.contains("error"), "{body}");
     let (_, model) = http(service.http_addr, "GET", "/model", &[], "").await;
     assert!(model.contains(&second.version), "{model}");
-    broker.produce(&topics.input, &inputs(N..N + 10)).await;
+    broker.produce(&topics.input, &iris_inputs(N..N + 10)).await;
     let outputs = broker
         .collect(
             &[&topics.output],

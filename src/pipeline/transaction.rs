@@ -224,45 +224,44 @@ mod tests {
         fail_offsets_with: RefCell<Vec<TxnError>>,
     }
 
+    impl Script {
+        fn record(&self, call: &str, offsets: Option<&TopicPartitionList>) {
+            let mut entry = call.to_owned();
+            if let Some(tpl) = offsets {
+                let desc: Vec<String> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}:{}", e.partition(), e.offset().to_raw().unwrap_or(-1)))
+                    .collect();
+                entry = format!("{call} {}", desc.join(","));
+            }
+            self.calls.borrow_mut().push(entry);
+        }
+
+        fn outcome(failures: &RefCell<Vec<TxnError>>) -> Result<(), TxnError> {
+            failures.borrow_mut().pop().map_or(Ok(()), Err)
+        }
+    }
+
     impl Transactional for Script {
         fn begin(&self) -> Result<(), TxnError> {
-            self.calls.borrow_mut().push("begin".into());
+            self.record("begin", None);
             Ok(())
         }
         fn send_offsets(&self, offsets: &TopicPartitionList) -> Result<(), TxnError> {
-            let desc: Vec<String> = offsets
-                .elements()
-                .iter()
-                .map(|e| format!("{}:{}", e.partition(), e.offset().to_raw().unwrap_or(-1)))
-                .collect();
-            self.calls
-                .borrow_mut()
-                .push(format!("send_offsets {}", desc.join(",")));
-            match self.fail_offsets_with.borrow_mut().pop() {
-                Some(e) => Err(e),
-                None => Ok(()),
-            }
+            self.record("send_offsets", Some(offsets));
+            Self::outcome(&self.fail_offsets_with)
         }
         fn commit(&self) -> Result<(), TxnError> {
-            self.calls.borrow_mut().push("commit".into());
-            match self.fail_commit_with.borrow_mut().pop() {
-                Some(e) => Err(e),
-                None => Ok(()),
-            }
+            self.record("commit", None);
+            Self::outcome(&self.fail_commit_with)
         }
         fn abort(&self) -> Result<(), TxnError> {
-            self.calls.borrow_mut().push("abort".into());
+            self.record("abort", None);
             Ok(())
         }
         fn rewind(&self, to: &TopicPartitionList) -> Result<(), TxnError> {
-            let desc: Vec<String> = to
-                .elements()
-                .iter()
-                .map(|e| format!("{}:{}", e.partition(), e.offset().to_raw().unwrap_or(-1)))
-                .collect();
-            self.calls
-                .borrow_mut()
-                .push(format!("rewind {}", desc.join(",")));
+            self.record("rewind", Some(to));
             Ok(())
         }
     }
