@@ -558,7 +558,10 @@ async fn latency(
     }
     let sent = sender.await?;
     let (cpu_seconds, peak_rss_mb) = process_usage(child.child.id())?;
-    let metrics = http_get(child.http, "/metrics").await.map(|(_, m)| m).unwrap_or_default();
+    let metrics = http_get(child.http, "/metrics")
+        .await
+        .map(|(_, m)| m)
+        .unwrap_or_default();
     latencies_us.sort_unstable();
     let pick = |q: f64| {
         latencies_us
@@ -575,8 +578,16 @@ async fn latency(
         p99_ms: pick(0.99),
         max_ms: pick(1.0),
         batch_interval: args.batch_interval.clone(),
-        batch_latency_p50_ms: histogram_quantile(&metrics, "streamscore_batch_latency_seconds", 0.5) * 1e3,
-        batch_latency_p99_ms: histogram_quantile(&metrics, "streamscore_batch_latency_seconds", 0.99) * 1e3,
+        batch_latency_p50_ms: histogram_quantile(
+            &metrics,
+            "streamscore_batch_latency_seconds",
+            0.5,
+        ) * 1e3,
+        batch_latency_p99_ms: histogram_quantile(
+            &metrics,
+            "streamscore_batch_latency_seconds",
+            0.99,
+        ) * 1e3,
         cpu_seconds,
         peak_rss_mb,
     })
