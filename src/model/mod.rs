@@ -188,6 +188,33 @@ fn creation_time() -> String {
     humantime::format_rfc3339_seconds(now).to_string()
 }
 
+/// Names the decoder and encoder rely on: a feature must be findable under its own name and
+/// its dotted alias without colliding with another (or with `id`, which is the record's),
+/// and class names become the keys of the output's probabilities object.
+fn validate_names(meta: &ModelMeta) -> Result<(), ModelError> {
+    let mut seen = std::collections::HashSet::new();
+    for name in &meta.features {
+        if name == "id" {
+            return Err(ModelError::Invalid(
+                "a feature may not be named `id`".into(),
+            ));
+        }
+        let dotted = name.replace('_', ".");
+        if !seen.insert(name.clone()) || (dotted != *name && !seen.insert(dotted)) {
+            return Err(ModelError::Invalid(format!(
+                "feature `{name}` collides with another feature or its dotted alias"
+            )));
+        }
+    }
+    let mut classes = std::collections::HashSet::new();
+    if let Some(twice) = meta.classes.iter().find(|c| !classes.insert(*c)) {
+        return Err(ModelError::Invalid(format!(
+            "class `{twice}` is listed twice"
+        )));
+    }
+    Ok(())
+}
+
 /// A model ready to score: its file's description plus the compiled scoring form.
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -206,6 +233,7 @@ pub enum Model {
 
 impl LoadedModel {
     pub fn from_file(file: ModelFile) -> Result<Self, ModelError> {
+        validate_names(&file.meta)?;
         let model = match &file.body {
             ModelBody::RandomForest(spec) => {
                 if file.meta.features.is_empty() {

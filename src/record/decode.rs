@@ -292,7 +292,9 @@ fn feature_value(name: &str, raw: &RawValue) -> Result<f64, Rejection> {
     }
     // "NaN" and "Infinity" arrive as strings because JSON has no such literals; name them
     // for what they are rather than as just any string.
-    if let Ok(text) = serde_json::from_str::<&str>(raw.get()) {
+    // Owned, so that an escaped spelling (`"\u004eaN"`) is recognised too; this is the
+    // rejection path, where an allocation costs nothing that matters.
+    if let Ok(text) = serde_json::from_str::<String>(raw.get()) {
         if text.trim().parse::<f64>().is_ok_and(|v| !v.is_finite()) {
             return Err(Rejection::new(
                 Reason::NonFiniteFeature,
@@ -304,6 +306,15 @@ fn feature_value(name: &str, raw: &RawValue) -> Result<f64, Rejection> {
         Reason::NonNumericFeature,
         format!("feature `{name}` must be a number, got {}", json_type(raw)),
     ))
+}
+
+/// A positive JSON integer, capped at `MAX_N` however large it is written.
+fn positive_count(text: &str) -> Option<usize> {
+    let digits = text.bytes().all(|b| b.is_ascii_digit()) && !text.is_empty();
+    if !digits || text.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(text.parse::<usize>().map_or(MAX_N, |n| n.min(MAX_N)))
 }
 
 /// A request for one user's recommendations.
@@ -335,15 +346,12 @@ pub fn decode_user_event(text: &str) -> Result<UserEvent<'_>, Rejection> {
     })?;
     let n = match n {
         None => DEFAULT_N,
-        Some(raw) => match raw.get().parse::<u64>() {
-            Ok(v) if v >= 1 => usize::try_from(v).unwrap_or(MAX_N).min(MAX_N),
-            _ => {
-                return Err(Rejection::new(
-                    Reason::InvalidCount,
-                    format!("`n` must be a positive integer, got {}", raw.get()),
-                ))
-            }
-        },
+        Some(raw) => positive_count(raw.get()).ok_or_else(|| {
+            Rejection::new(
+                Reason::InvalidCount,
+                format!("`n` must be a positive integer, got {}", raw.get()),
+            )
+        })?,
     };
     Ok(UserEvent { id, uid, n })
 }

@@ -195,10 +195,16 @@ pub async fn produce(brokers: &str, topic: &str, records: &[Input]) {
                     deliveries.push(d);
                     break;
                 }
-                Err((_, back)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                Err((e, _)) => panic!("cannot produce a test input: {e}"),
             }
         }
     }
