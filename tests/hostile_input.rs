@@ -1497,7 +1497,6 @@ fn edited_forest(edit: impl FnOnce(&mut Value)) -> ModelFile {
 }
 
 #[test]
-#[ignore = "known deviation: the loader accepts forests that cannot score correctly"]
 fn forests_that_cannot_score_correctly_are_refused() {
     let cases: Vec<(&str, ModelFile)> = vec![
         // Every record would then be dead-lettered as missing_feature.

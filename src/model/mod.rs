@@ -215,6 +215,48 @@ fn validate_names(meta: &ModelMeta) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Largest magnitude a recommender parameter may have: far beyond anything SGD produces,
+/// and small enough that no dot product of `factors` terms can overflow f32.
+const MAX_PARAMETER: f32 = 1e6;
+
+/// Values a structurally valid file can still get wrong: leaf class weights that are not a
+/// distribution (the output's probabilities would not sum to 1), and recommender parameters
+/// so large that scores overflow to infinity (written as `null`).
+fn validate_values(body: &ModelBody) -> Result<(), ModelError> {
+    match body {
+        ModelBody::RandomForest(spec) => {
+            for (t, tree) in spec.trees.iter().enumerate() {
+                for (n, node) in tree.nodes.iter().enumerate() {
+                    if let forest::NodeSpec::Leaf { distribution } = node {
+                        let sum: f32 = distribution.iter().sum();
+                        if (sum - 1.0).abs() > 1e-3 {
+                            return Err(ModelError::Invalid(format!(
+                                "tree {t}, node {n}: class weights sum to {sum}, not 1"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        ModelBody::MatrixFactorization(spec) => {
+            let too_large = spec
+                .user_factors
+                .iter()
+                .chain(&spec.item_factors)
+                .chain(&spec.user_bias)
+                .chain(&spec.item_bias)
+                .chain(std::iter::once(&spec.global_mean))
+                .any(|v| v.abs() > MAX_PARAMETER);
+            if too_large || spec.factors > 10_000 {
+                return Err(ModelError::Invalid(format!(
+                    "recommender parameters beyond ±{MAX_PARAMETER:e} (or over 10,000 factors) would overflow scores"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A model ready to score: its file's description plus the compiled scoring form.
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -234,6 +276,7 @@ pub enum Model {
 impl LoadedModel {
     pub fn from_file(file: ModelFile) -> Result<Self, ModelError> {
         validate_names(&file.meta)?;
+        validate_values(&file.body)?;
         let model = match &file.body {
             ModelBody::RandomForest(spec) => {
                 if file.meta.features.is_empty() {
@@ -323,6 +366,20 @@ mod tests {
             ModelFile::from_json(edited.as_bytes()),
             Err(ModelError::VersionMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn refuses_recommenders_whose_scores_would_overflow() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/recommender.json");
+        let file = ModelFile::read(&path).unwrap();
+        assert!(LoadedModel::from_file(file.clone()).is_ok());
+        let ModelBody::MatrixFactorization(mut spec) = file.body else {
+            panic!("not a recommender")
+        };
+        spec.item_factors[0] = 3e38;
+        let edited = ModelFile::new(file.meta, ModelBody::MatrixFactorization(spec));
+        let err = LoadedModel::from_file(edited).unwrap_err();
+        assert!(matches!(err, ModelError::Invalid(_)), "{err}");
     }
 
     #[test]
