@@ -215,36 +215,43 @@ async fn sighup_reloads_and_sigterm_drains_commits_and_exits_zero() {
             .expect("waited");
     assert_eq!(status.code(), Some(0), "graceful exit");
 
-    // Everything consumed was committed: the group's position is the end of each partition.
+    // Everything consumed was committed: per partition, the group's committed offset is one
+    // past the last input offset that produced an output. (Compared with what was consumed
+    // rather than with watermarks: brokers differ in how offsets advance.)
+    let mut expected: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+    for out in &all {
+        let json = out.json();
+        let (p, o) = (
+            json["partition"].as_i64().unwrap() as i32,
+            json["offset"].as_i64().unwrap(),
+        );
+        let slot = expected.entry(p).or_insert(0);
+        *slot = (*slot).max(o + 1);
+    }
     let brokers = broker.brokers.clone();
     let input = topics.input.clone();
-    let committed = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", &group)
             .create()
             .expect("consumer");
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&input, 0);
-        tpl.add_partition(&input, 1);
+        for p in expected.keys() {
+            tpl.add_partition(&input, *p);
+        }
         let committed = consumer
             .committed_offsets(tpl, Duration::from_secs(10))
             .expect("committed offsets");
-        let mut total = 0;
-        for p in 0..2 {
-            let (_, high) = consumer
-                .fetch_watermarks(&input, p, Duration::from_secs(10))
-                .expect("watermarks");
-            let Some(Offset::Offset(c)) = committed.find_partition(&input, p).map(|e| e.offset())
-            else {
-                panic!("partition {p} has no committed offset");
-            };
-            assert_eq!(c, high, "partition {p} committed to its end");
-            total += c;
+        for (p, next) in expected {
+            let entry = committed.find_partition(&input, p).map(|e| e.offset());
+            assert_eq!(
+                entry,
+                Some(Offset::Offset(next)),
+                "partition {p} committed past its last record"
+            );
         }
-        total
     })
     .await
     .expect("checked");
-    assert_eq!(committed, 500);
 }
