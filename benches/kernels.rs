@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Axis};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde_json::value::RawValue;
@@ -38,12 +39,15 @@ fn iris_model() -> LoadedModel {
     LoadedModel::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The 150 iris rows, repeated to `n` rows in file order.
+/// `n` rows drawn from the 150 iris rows, each as often as the others, in a fixed random
+/// order: the file is sorted by species, and in that order a walk down a tree takes the
+/// same turns row after row, which flatters branch prediction as no real stream would.
 fn iris_rows(n: usize) -> Array2<f64> {
     let path = repo_path("training/iris.csv");
     let data = streamscore::train::iris::read_csv(&path, "species")
         .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-    let picks: Vec<usize> = (0..n).map(|i| i % data.records.nrows()).collect();
+    let mut picks: Vec<usize> = (0..n).map(|i| i % data.records.nrows()).collect();
+    picks.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(150));
     data.records.select(Axis(0), &picks)
 }
 
@@ -158,6 +162,30 @@ fn decode(c: &mut Criterion) {
             for text in &records {
                 let decoded = decoder.decode(black_box(text), &mut row);
                 black_box((decoded.is_ok(), &row));
+            }
+        })
+    });
+    // A wide model: how a field finds its feature matters more the more features there are.
+    let names: Vec<String> = (0..100).map(|i| format!("feature_{i:03}")).collect();
+    let wide: Vec<String> = (0..150)
+        .map(|r| {
+            let fields: Vec<String> = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| format!(r#""{name}":{}.25"#, (i + r) % 10))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        })
+        .collect();
+    let mut wide_decoder = FeatureDecoder::new(FeatureSchema::new(&names));
+    let mut wide_row = vec![0.0; names.len()];
+    assert!(wide_decoder.decode(&wide[0], &mut wide_row).is_ok());
+    group.throughput(Throughput::Elements(wide.len() as u64));
+    group.bench_function("100_features", |b| {
+        b.iter(|| {
+            for text in &wide {
+                let decoded = wide_decoder.decode(black_box(text), &mut wide_row);
+                black_box((decoded.is_ok(), &wide_row));
             }
         })
     });

@@ -1,8 +1,12 @@
 //! Random-forest classifier compiled to flat node arrays.
 //!
 //! The model file stores each tree as a list of nodes (the shape training produces); loading
-//! validates that list and compiles every tree into one contiguous `Vec<FlatNode>` so that
-//! scoring is a tight index-chasing loop with no allocation and no boxed pointers.
+//! validates that list and compiles every tree into one contiguous `Vec<FlatNode>` that a
+//! row walks with no allocation and no boxed pointers. Trees of up to 64 leaves are also
+//! compiled into a branch-free form that scores a block of rows at once (`MaskTree`), which
+//! is how whole blocks of a batch are scored; the rows left over walk.
+
+use std::ops::Range;
 
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
@@ -45,6 +49,38 @@ struct FlatNode {
     right: u32,
 }
 
+/// Class weights in groups that one vector addition adds up.
+type Lanes = [f32; 4];
+
+/// Trees with at most this many leaves also get a mask form (one bit per leaf in a `u64`).
+const MAX_MASK_LEAVES: usize = 64;
+
+/// Rows that go through the mask form together, laid out feature-major so that testing one
+/// split on all of them is a handful of vector instructions.
+const BLOCK: usize = 8;
+
+/// A tree as a set of independent tests instead of a walk (the QuickScorer idea). Leaves
+/// are numbered left to right, and each split knows which leaves a row that fails its test
+/// can no longer reach: those of its left subtree. A row's leaf is the leftmost one that no
+/// failed test ruled out. That tests every split rather than one path, but the tests have
+/// no branches and do not wait on each other, so they vectorise and pipeline, where a walk
+/// is a chain of dependent loads that ends in a mispredicted branch.
+#[derive(Debug, Clone)]
+struct MaskTree {
+    /// This tree's part of `Forest::splits`.
+    splits: Range<usize>,
+    /// This tree's part of `Forest::mask_probs`.
+    probs: Range<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MaskSplit {
+    threshold: f64,
+    /// The leaves still reachable by a row that fails `value < threshold`.
+    keep: u64,
+    feature: u32,
+}
+
 /// The scoring form of a forest: every tree's nodes in one array.
 #[derive(Debug, Clone)]
 pub struct Forest {
@@ -52,7 +88,17 @@ pub struct Forest {
     n_classes: usize,
     nodes: Vec<FlatNode>,
     roots: Vec<u32>,
-    leaf_probs: Vec<f32>,
+    /// Leaf class distributions, each zero-padded to `lanes` whole `Lanes`: adding one to a
+    /// row's sums is then a few vector additions instead of a loop over the classes. Each
+    /// lane is the same single addition that loop would do, so no sum changes by a bit.
+    leaf_probs: Vec<Lanes>,
+    lanes: usize,
+    /// Per tree, its mask form, if it has at most `MAX_MASK_LEAVES` leaves.
+    masks: Vec<Option<MaskTree>>,
+    splits: Vec<MaskSplit>,
+    /// The distributions of each mask tree's leaves in left-to-right order, so that the
+    /// leaf number is the index.
+    mask_probs: Vec<Lanes>,
 }
 
 impl Forest {
@@ -76,6 +122,7 @@ impl Forest {
         if total >= LEAF as usize {
             return Err(ModelError::Invalid("the forest has too many nodes".into()));
         }
+        let lanes = n_classes.div_ceil(4);
         let mut nodes = Vec::with_capacity(total);
         let mut roots = Vec::with_capacity(spec.trees.len());
         let mut leaf_probs = Vec::new();
@@ -129,8 +176,14 @@ impl Forest {
                                 "class weights must be finite and >= 0".into(),
                             ));
                         }
-                        let offset = leaf_probs.len() as u32;
-                        leaf_probs.extend_from_slice(distribution);
+                        let offset = u32::try_from(leaf_probs.len()).map_err(|_| {
+                            ModelError::Invalid("the forest has too many leaves".into())
+                        })?;
+                        leaf_probs.extend(distribution.chunks(4).map(|weights| {
+                            let mut lane = Lanes::default();
+                            lane[..weights.len()].copy_from_slice(weights);
+                            lane
+                        }));
                         FlatNode {
                             threshold: 0.0,
                             feature: LEAF,
@@ -142,12 +195,39 @@ impl Forest {
                 nodes.push(flat);
             }
         }
+
+        let mut splits = Vec::new();
+        let mut mask_probs = Vec::new();
+        let (mut tree_splits, mut leaves) = (Vec::new(), Vec::new());
+        let masks = roots
+            .iter()
+            .map(|&root| {
+                tree_splits.clear();
+                leaves.clear();
+                add_mask_form(&nodes, root, &mut tree_splits, &mut leaves)?;
+                let (first_split, first_prob) = (splits.len(), mask_probs.len());
+                splits.extend_from_slice(&tree_splits);
+                for &leaf in &leaves {
+                    let leaf = leaf as usize;
+                    mask_probs.extend_from_slice(&leaf_probs[leaf..leaf + lanes]);
+                }
+                Some(MaskTree {
+                    splits: first_split..splits.len(),
+                    probs: first_prob..mask_probs.len(),
+                })
+            })
+            .collect();
+
         Ok(Self {
             n_features,
             n_classes,
             nodes,
             roots,
             leaf_probs,
+            lanes,
+            masks,
+            splits,
+            mask_probs,
         })
     }
 
@@ -161,44 +241,202 @@ impl Forest {
 
     /// Mean of the leaf class distributions over all trees, one row per input row.
     ///
-    /// Tree-major order keeps one tree's nodes hot in cache while the whole batch goes
-    /// through it, which is what makes batching pay off.
+    /// Whole blocks of `BLOCK` rows go through the trees tree-major, which keeps one tree
+    /// hot in cache while the batch goes through it, each tree by its mask form when it has
+    /// one. The few rows left over walk every tree in turn. Either way each row adds up its
+    /// trees' distributions in tree order, so the result is the same to the bit however the
+    /// batch is made up.
     pub fn predict_proba(&self, rows: ArrayView2<'_, f64>) -> Array2<f32> {
         debug_assert_eq!(rows.ncols(), self.n_features);
         let n_rows = rows.nrows();
-        let k = self.n_classes;
-        let mut out = Array2::<f32>::zeros((n_rows, k));
-        let Some(out_slice) = out.as_slice_mut() else {
-            unreachable!("a freshly allocated array is contiguous")
+        let n_features = self.n_features;
+        let w = self.lanes;
+        // No features, no splits: every tree is one leaf, and there is nothing to block.
+        let blocked_rows = if n_features > 0 {
+            n_rows - n_rows % BLOCK
+        } else {
+            0
         };
-        for &root in &self.roots {
-            for (r, row) in rows.rows().into_iter().enumerate() {
-                let leaf = self.leaf_of(root, |f| row[f]);
-                let dist = &self.leaf_probs[leaf..leaf + k];
-                for (acc, p) in out_slice[r * k..(r + 1) * k].iter_mut().zip(dist) {
-                    *acc += p;
+        let rows = rows.as_standard_layout();
+        let Some(values) = rows.as_slice() else {
+            unreachable!("an array in standard layout is one slice")
+        };
+        let stride = rows.ncols();
+        let row = |r: usize| &values[r * stride..(r + 1) * stride];
+        let blocks = if self.masks.iter().any(Option::is_some) {
+            feature_major_blocks(values, stride, n_features, blocked_rows)
+        } else {
+            Vec::new()
+        };
+        let block_len = n_features * BLOCK;
+        let mut sums = vec![Lanes::default(); n_rows * w];
+        let (blocked_sums, rest_sums) = sums.split_at_mut(blocked_rows * w);
+        for (&root, mask) in self.roots.iter().zip(&self.masks) {
+            let Some(tree) = mask.as_ref().filter(|_| blocked_rows > 0) else {
+                for (r, sums) in blocked_sums.chunks_exact_mut(w).enumerate() {
+                    let leaf = self.leaf_of(root, row(r)) as usize;
+                    add(sums, &self.leaf_probs[leaf..leaf + w]);
+                }
+                continue;
+            };
+            let probs = &self.mask_probs[tree.probs.clone()];
+            let block_sums = blocked_sums.chunks_exact_mut(BLOCK * w);
+            for (block, block_sums) in blocks.chunks_exact(block_len).zip(block_sums) {
+                let leaves = self.mask_leaves(tree, block);
+                // Up to four classes, the common case, a leaf is one `Lanes`: no inner loop.
+                if w == 1 {
+                    for (leaf, sum) in leaves.into_iter().zip(block_sums) {
+                        add_lanes(sum, &probs[leaf]);
+                    }
+                    continue;
+                }
+                for (leaf, sums) in leaves.into_iter().zip(block_sums.chunks_exact_mut(w)) {
+                    add(sums, &probs[leaf * w..(leaf + 1) * w]);
                 }
             }
         }
+        // Too few to block: each goes down every tree in turn, so that a batch of one costs
+        // one walk per tree and little else.
+        for (r, sums) in (blocked_rows..n_rows).zip(rest_sums.chunks_exact_mut(w)) {
+            let row = row(r);
+            for &root in &self.roots {
+                let leaf = self.leaf_of(root, row) as usize;
+                add(sums, &self.leaf_probs[leaf..leaf + w]);
+            }
+        }
         let scale = 1.0 / self.roots.len() as f32;
-        out.mapv_inplace(|p| p * scale);
+        let mut out = Array2::<f32>::zeros((n_rows, self.n_classes));
+        for (mut out, sums) in out.rows_mut().into_iter().zip(sums.chunks_exact(w)) {
+            for (p, sum) in out.iter_mut().zip(sums.iter().flatten()) {
+                *p = sum * scale;
+            }
+        }
         out
+    }
+
+    /// The leaf number each row of a feature-major block reaches in a mask tree.
+    #[inline]
+    fn mask_leaves(&self, tree: &MaskTree, block: &[f64]) -> [usize; BLOCK] {
+        let mut reachable = [u64::MAX; BLOCK];
+        for split in &self.splits[tree.splits.clone()] {
+            let at = split.feature as usize * BLOCK;
+            for (reachable, value) in reachable.iter_mut().zip(&block[at..at + BLOCK]) {
+                // All ones if `value < threshold`, from the sign of the difference: for the
+                // values `comparable` leaves and a finite threshold, the difference is
+                // negative exactly then. A comparison would do, but the compiler is apt to
+                // turn `if value < threshold` (or its mask) into a branch, and which way a
+                // row goes is as unpredictable as branches get.
+                let below = (*value - split.threshold).to_bits() as i64 >> 63;
+                *reachable &= split.keep | below as u64;
+            }
+        }
+        // A row's own leaf is never ruled out, so the lowest bit set is a leaf of the tree.
+        let mut leaves = [0; BLOCK];
+        for (leaf, reachable) in leaves.iter_mut().zip(reachable) {
+            *leaf = reachable.trailing_zeros() as usize;
+        }
+        leaves
     }
 
     /// Index into `leaf_probs` of the leaf a row reaches from `root`.
     #[inline]
-    fn leaf_of(&self, root: u32, feature_value: impl Fn(usize) -> f64) -> usize {
+    fn leaf_of(&self, root: u32, row: &[f64]) -> u32 {
         let mut node = self.nodes[root as usize];
         while node.feature != LEAF {
-            let next = if feature_value(node.feature as usize) < node.threshold {
+            let next = if row[node.feature as usize] < node.threshold {
                 node.left
             } else {
                 node.right
             };
             node = self.nodes[next as usize];
         }
-        node.left as usize
+        node.left
     }
+}
+
+/// Adds one leaf's class distribution to one row's sums.
+#[inline]
+fn add(sums: &mut [Lanes], probs: &[Lanes]) {
+    for (sum, probs) in sums.iter_mut().zip(probs) {
+        add_lanes(sum, probs);
+    }
+}
+
+#[inline]
+fn add_lanes(sum: &mut Lanes, probs: &Lanes) {
+    for (sum, p) in sum.iter_mut().zip(probs) {
+        *sum += p;
+    }
+}
+
+/// The first `n_rows` rows (`stride` values apart in `values`) in blocks of `BLOCK`, each
+/// block feature-major (feature `f` of the block's row `r` at `f * BLOCK + r`), values made
+/// `comparable`.
+fn feature_major_blocks(
+    values: &[f64],
+    stride: usize,
+    n_features: usize,
+    n_rows: usize,
+) -> Vec<f64> {
+    let row = |r: usize| &values[r * stride..(r + 1) * stride];
+    let mut blocks = Vec::with_capacity(n_rows * n_features);
+    for first in (0..n_rows).step_by(BLOCK) {
+        for f in 0..n_features {
+            blocks.extend((first..first + BLOCK).map(|r| comparable(row(r)[f])));
+        }
+    }
+    blocks
+}
+
+/// A value that compares with every threshold as `value` does, and whose difference with a
+/// finite threshold is negative exactly when it is below it: NaN, below nothing, becomes
+/// +∞; -0, whose difference with 0 would be -0, becomes +0.
+fn comparable(value: f64) -> f64 {
+    if value.is_nan() {
+        f64::INFINITY
+    } else {
+        // x + 0 is x for every other x.
+        value + 0.0
+    }
+}
+
+/// Builds the mask form of the tree at `at` into empty `splits` (in any order) and `leaves`
+/// (offsets into `leaf_probs`, left to right); `None` if it has more than `MAX_MASK_LEAVES`
+/// leaves. A node reachable along two paths counts once per path, as a walk sees it. Every
+/// split is appended before its subtrees are visited, and a tree of at most 64 leaves has at
+/// most 63 splits, so the recursion stays shallow whatever the file holds.
+fn add_mask_form(
+    nodes: &[FlatNode],
+    at: u32,
+    splits: &mut Vec<MaskSplit>,
+    leaves: &mut Vec<u32>,
+) -> Option<()> {
+    let node = nodes[at as usize];
+    if node.feature == LEAF {
+        if leaves.len() == MAX_MASK_LEAVES {
+            return None;
+        }
+        leaves.push(node.left);
+        return Some(());
+    }
+    if splits.len() == MAX_MASK_LEAVES - 1 {
+        return None;
+    }
+    let slot = splits.len();
+    splits.push(MaskSplit {
+        threshold: node.threshold,
+        keep: u64::MAX,
+        feature: node.feature,
+    });
+    let first = leaves.len();
+    add_mask_form(nodes, node.left, splits, leaves)?;
+    splits[slot].keep = !(leaf_bits(leaves.len()) & !leaf_bits(first));
+    add_mask_form(nodes, node.right, splits, leaves)
+}
+
+/// The bits of leaves `0..n`, for `n <= 64`.
+fn leaf_bits(n: usize) -> u64 {
+    u64::MAX.checked_shr(64 - n as u32).unwrap_or(0)
 }
 
 /// Index of the largest probability in each row (the first one on ties).
@@ -287,5 +525,167 @@ mod tests {
             "wrong distribution length"
         );
         assert!(Forest::compile(&ForestSpec { trees: vec![] }, 2, 2).is_err());
+    }
+
+    /// What `predict_proba` must equal, bit for bit: every row walked down every tree of
+    /// the spec, distributions added in tree order, then scaled.
+    fn reference(spec: &ForestSpec, n_classes: usize, rows: ArrayView2<'_, f64>) -> Array2<f32> {
+        let mut out = Array2::<f32>::zeros((rows.nrows(), n_classes));
+        for (row, mut sums) in rows.rows().into_iter().zip(out.rows_mut()) {
+            for tree in &spec.trees {
+                let mut at = 0;
+                let distribution = loop {
+                    match &tree.nodes[at] {
+                        NodeSpec::Split {
+                            feature,
+                            threshold,
+                            left,
+                            right,
+                        } => {
+                            at = if row[*feature] < *threshold {
+                                *left
+                            } else {
+                                *right
+                            }
+                        }
+                        NodeSpec::Leaf { distribution } => break distribution,
+                    }
+                };
+                for (sum, p) in sums.iter_mut().zip(distribution) {
+                    *sum += p;
+                }
+            }
+        }
+        let scale = 1.0 / spec.trees.len() as f32;
+        out.mapv_inplace(|p| p * scale);
+        out
+    }
+
+    /// Values where `<` is delicate: equal to a threshold, either zero, subnormal, huge
+    /// enough that a difference overflows, infinite, NaN of either sign.
+    const EDGES: [f64; 13] = [
+        -1.0,
+        -0.0,
+        0.0,
+        0.5,
+        1.0,
+        5e-324,
+        -5e-324,
+        1e308,
+        -1e308,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        -f64::NAN,
+    ];
+
+    fn random_tree(
+        rng: &mut impl rand::Rng,
+        n_features: usize,
+        n_classes: usize,
+        max_depth: usize,
+    ) -> TreeSpec {
+        let mut nodes: Vec<NodeSpec> = Vec::new();
+        let mut depths = vec![0];
+        let mut i = 0;
+        while i < depths.len() {
+            let depth = depths[i];
+            let split = depth < max_depth && (depth < 2 || rng.gen_bool(0.7));
+            nodes.push(if split {
+                let threshold = if rng.gen_bool(0.5) {
+                    EDGES[rng.gen_range(0..EDGES.len() - 4)]
+                } else {
+                    rng.gen_range(-2.0..2.0)
+                };
+                depths.extend([depth + 1, depth + 1]);
+                NodeSpec::Split {
+                    feature: rng.gen_range(0..n_features),
+                    threshold,
+                    left: depths.len() - 2,
+                    right: depths.len() - 1,
+                }
+            } else {
+                let mut distribution: Vec<f32> =
+                    (0..n_classes).map(|_| rng.gen_range(0.0..1.0)).collect();
+                let total: f32 = distribution.iter().sum();
+                distribution.iter_mut().for_each(|p| *p /= total);
+                NodeSpec::Leaf { distribution }
+            });
+            i += 1;
+        }
+        // Now and then a child shared by two parents: a valid file, if not one training makes.
+        if rng.gen_bool(0.3) {
+            let at = rng.gen_range(0..nodes.len());
+            let len = nodes.len();
+            if let NodeSpec::Split { right, .. } = &mut nodes[at] {
+                *right = rng.gen_range(at + 1..len);
+            }
+        }
+        TreeSpec { nodes }
+    }
+
+    fn random_rows(rng: &mut impl rand::Rng, n_rows: usize, n_cols: usize) -> Array2<f64> {
+        Array2::from_shape_fn((n_rows, n_cols), |_| {
+            if rng.gen_bool(0.3) {
+                EDGES[rng.gen_range(0..EDGES.len())]
+            } else {
+                rng.gen_range(-2.0..2.0)
+            }
+        })
+    }
+
+    #[test]
+    fn equals_walking_every_tree_to_the_bit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
+        for round in 0..60 {
+            let n_features = rng.gen_range(1..5);
+            let n_classes = rng.gen_range(1..7);
+            // Depth 8 grows trees past 64 leaves, which are walked rather than masked.
+            let max_depth = if round % 4 == 0 { 8 } else { 5 };
+            let spec = ForestSpec {
+                trees: (0..rng.gen_range(1..12))
+                    .map(|_| random_tree(&mut rng, n_features, n_classes, max_depth))
+                    .collect(),
+            };
+            let forest = Forest::compile(&spec, n_features, n_classes).unwrap();
+            for n_rows in [0, 1, 7, 8, 9, 16, 37] {
+                let rows = random_rows(&mut rng, n_rows, n_features);
+                let got = forest.predict_proba(rows.view());
+                let want = reference(&spec, n_classes, rows.view());
+                assert_eq!(got.shape(), want.shape());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.to_bits(), w.to_bits(), "round {round}, {n_rows} rows");
+                }
+            }
+            // Rows in a column-major array score the same.
+            let rows = random_rows(&mut rng, 21, n_features);
+            let column_major = rows.t().as_standard_layout().into_owned();
+            let (got, want) = (
+                forest.predict_proba(column_major.t()),
+                forest.predict_proba(rows.view()),
+            );
+            assert!(got
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits()));
+        }
+    }
+
+    #[test]
+    fn a_forest_of_leaves_needs_no_features() {
+        let spec = ForestSpec {
+            trees: vec![TreeSpec {
+                nodes: vec![NodeSpec::Leaf {
+                    distribution: vec![0.25, 0.75],
+                }],
+            }],
+        };
+        let forest = Forest::compile(&spec, 0, 2).unwrap();
+        let probs = forest.predict_proba(Array2::<f64>::zeros((9, 0)).view());
+        assert_eq!(
+            probs,
+            Array2::from_shape_fn((9, 2), |(_, c)| [0.25, 0.75][c])
+        );
     }
 }
