@@ -412,6 +412,11 @@ fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
     lower_le
 }
 
+/// A quantile of the service's batch-latency histogram, in milliseconds.
+fn batch_latency_ms(metrics: &str, q: f64) -> f64 {
+    histogram_quantile(metrics, "streamscore_batch_latency_seconds", q) * 1e3
+}
+
 /// CPU seconds (user + system) and peak RSS in MB of a live process, from /proc.
 fn process_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
     // USER_HZ is 100 on every Linux this runs on.
@@ -475,16 +480,8 @@ async fn serve_until_done(
         records,
         seconds,
         records_per_second: records as f64 / seconds.max(1e-9),
-        batch_latency_p50_ms: histogram_quantile(
-            &metrics,
-            "streamscore_batch_latency_seconds",
-            0.5,
-        ) * 1e3,
-        batch_latency_p99_ms: histogram_quantile(
-            &metrics,
-            "streamscore_batch_latency_seconds",
-            0.99,
-        ) * 1e3,
+        batch_latency_p50_ms: batch_latency_ms(&metrics, 0.5),
+        batch_latency_p99_ms: batch_latency_ms(&metrics, 0.99),
         cpu_seconds,
         peak_rss_mb,
         start_to_ready_ms: ready.as_secs_f64() * 1e3,
@@ -578,16 +575,8 @@ async fn latency(
         p99_ms: pick(0.99),
         max_ms: pick(1.0),
         batch_interval: args.batch_interval.clone(),
-        batch_latency_p50_ms: histogram_quantile(
-            &metrics,
-            "streamscore_batch_latency_seconds",
-            0.5,
-        ) * 1e3,
-        batch_latency_p99_ms: histogram_quantile(
-            &metrics,
-            "streamscore_batch_latency_seconds",
-            0.99,
-        ) * 1e3,
+        batch_latency_p50_ms: batch_latency_ms(&metrics, 0.5),
+        batch_latency_p99_ms: batch_latency_ms(&metrics, 0.99),
         cpu_seconds,
         peak_rss_mb,
     })
