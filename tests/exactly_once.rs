@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
@@ -34,40 +33,6 @@ async fn start_eos(
         .await
 }
 
-/// Output count per input id.
-fn counts(outputs: &[Collected]) -> HashMap<u64, usize> {
-    let mut counts = HashMap::new();
-    for out in outputs {
-        *counts
-            .entry(out.json()["id"].as_u64().unwrap())
-            .or_default() += 1;
-    }
-    counts
-}
-
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-async fn collect_all_ids(broker: &TestBroker, topics: &Topics, n: usize) -> Vec<Collected> {
-    let mut seen = std::collections::HashSet::new();
-    broker
-        .collect_until(
-            &[&topics.output],
-            PARTITIONS,
-            Duration::from_secs(60),
-            |got| {
-                if let Some(last) = got.last() {
-                    seen.insert(last.json()["id"].as_u64().unwrap());
-                }
-                seen.len() >= n
-            },
-        )
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_batch_commits_as_one_transaction() {
     const N: usize = 2_000;
@@ -81,7 +46,7 @@ async fn every_batch_commits_as_one_transaction() {
     let (_, metrics) = http(service.http_addr, "GET", "/metrics", &[], "").await;
     service.stop().await.expect("clean shutdown");
 
-    let counts = counts(&outputs);
+    let counts = id_counts(&outputs);
     assert_eq!(counts.len(), N, "every input scored");
     assert!(counts.values().all(|c| *c == 1), "no fault, no duplicate");
     let committed = metric(
@@ -122,14 +87,14 @@ async fn survives(api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) -> (usize, u64,
         mock.request_errors(api, errors);
     }
     broker.produce(&topics.input, &iris_inputs(N / 2..N)).await;
-    let outputs = collect_all_ids(&broker, &topics, N).await;
+    let outputs = collect_ids(&broker, &topics, N, Duration::from_secs(60)).await;
     let (_, metrics) = http(service.http_addr, "GET", "/metrics", &[], "").await;
     service
         .stop()
         .await
         .expect("the service survived the faults");
 
-    let counts = counts(&outputs);
+    let counts = id_counts(&outputs);
     let missing: Vec<u64> = (0..N as u64).filter(|i| !counts.contains_key(i)).collect();
     assert!(missing.is_empty(), "{api:?}: skipped {missing:?}");
     let duplicates = counts.values().map(|c| c - 1).sum();
@@ -237,7 +202,7 @@ async fn a_fenced_instance_stops_and_its_replacement_recovers_everything() {
 
     // The replacement takes the same transactional id and group and finishes the work.
     let second = start_eos(&broker, &topics, &group, &txn_id).await;
-    let outputs = collect_all_ids(&broker, &topics, N).await;
-    assert_eq!(counts(&outputs).len(), N, "every input scored");
+    let outputs = collect_ids(&broker, &topics, N, Duration::from_secs(60)).await;
+    assert_eq!(id_counts(&outputs).len(), N, "every input scored");
     second.stop().await.expect("clean shutdown");
 }

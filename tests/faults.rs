@@ -92,12 +92,6 @@ async fn injected(case: &str, when: When, inject: impl FnOnce(&Mock)) -> (Tally,
     (t, metrics)
 }
 
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn errors(n: usize, code: RDKafkaRespErr) -> Vec<RDKafkaRespErr> {
     vec![code; n]
 }

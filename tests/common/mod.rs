@@ -547,6 +547,13 @@ pub async fn collect_ids(
         .await
 }
 
+/// The value of one series in a Prometheus text exposition (0 when absent).
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Loss and duplicate counts of a run, printed for the fault matrix.
 #[derive(Debug)]
 pub struct Tally {
