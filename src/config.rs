@@ -58,13 +58,18 @@ pub struct ServeArgs {
     /// Let a reload replace the model with one of another kind.
     #[arg(long, env = "STREAMSCORE_ALLOW_KIND_CHANGE")]
     pub allow_kind_change: bool,
-    /// A micro-batch closes this long after its first record (e.g. 100ms, 1s).
+    /// A micro-batch closes this long after its first record (e.g. 100ms, 1s). `0` is
+    /// latency mode: a batch closes as soon as the consumer has nothing more ready.
     #[arg(long, env = "STREAMSCORE_BATCH_INTERVAL", default_value = "100ms", value_parser = parse_interval)]
     pub batch_interval: Duration,
     /// ... or when it holds this many records.
     #[arg(long, env = "STREAMSCORE_MAX_BATCH", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_batch: u32,
+    /// ... or when its records' values add up to this many bytes.
+    #[arg(long, env = "STREAMSCORE_MAX_BATCH_BYTES", default_value_t = crate::pipeline::DEFAULT_MAX_BATCH_BYTES,
+          value_parser = parse_batch_bytes)]
+    pub max_batch_bytes: usize,
     /// Larger input records are dead-lettered as `too_large`.
     #[arg(long, env = "STREAMSCORE_MAX_RECORD_BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
@@ -92,6 +97,7 @@ impl ServeArgs {
             group: self.group.clone(),
             batch_interval: self.batch_interval,
             max_batch: self.max_batch as usize,
+            max_batch_bytes: self.max_batch_bytes,
             max_record_bytes: self.max_record_bytes,
             guarantee: match self.guarantee {
                 GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
@@ -131,11 +137,21 @@ pub fn parse_property(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 100ms or 1s)"))?;
-    if d.is_zero() {
-        return Err("the batch interval must be above zero".into());
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
     }
-    Ok(d)
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try 100ms, 1s, or 0 for latency mode)"))
+}
+
+fn parse_batch_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of bytes, got {s:?}"))?;
+    if n == 0 {
+        return Err("the batch byte limit must be above zero".into());
+    }
+    Ok(n)
 }
 
 fn properties_from_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
@@ -183,7 +199,8 @@ mod tests {
     #[test]
     fn intervals() {
         assert_eq!(parse_interval("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_interval("0s").is_err());
+        assert_eq!(parse_interval("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_interval("0s").unwrap(), Duration::ZERO);
         assert!(parse_interval("soon").is_err());
     }
 }

@@ -91,6 +91,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             group: "streamscore-demo".into(),
             batch_interval: Duration::from_millis(100),
             max_batch: 1000,
+            max_batch_bytes: crate::pipeline::DEFAULT_MAX_BATCH_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             guarantee: Default::default(),
         },

@@ -7,7 +7,6 @@
 pub mod bench;
 pub mod config;
 pub mod demo;
-pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod model;
@@ -15,5 +14,7 @@ pub mod pipeline;
 pub mod record;
 pub mod score;
 pub mod service;
+/// The side port, where the rest of the crate has always found it.
+pub use service::http;
 pub mod train;
 pub mod transform;

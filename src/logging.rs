@@ -78,3 +78,32 @@ pub fn report_fatal(error: &anyhow::Error) {
         _ => eprintln!("error: {error:#}"),
     }
 }
+
+/// While the broker is unreachable librdkafka reports the same error many times a second;
+/// one line per kind per interval says as much without flooding the logs.
+const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs an error at most once per `ERROR_LOG_INTERVAL`, counting what it held back.
+#[derive(Default)]
+pub struct LogThrottle {
+    state: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl LogThrottle {
+    /// Returns `Some(suppressed)` when this occurrence should be logged.
+    pub fn admit(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match &mut *state {
+            Some((since, suppressed)) if now.duration_since(*since) < ERROR_LOG_INTERVAL => {
+                *suppressed += 1;
+                None
+            }
+            slot => {
+                let suppressed = slot.map_or(0, |(_, n)| n);
+                *slot = Some((now, 0));
+                Some(suppressed)
+            }
+        }
+    }
+}

@@ -1,78 +1,327 @@
 //! The micro-batcher: a batch opens with its first record and closes when the batch interval
-//! has passed since then, when it holds `max_batch` records, or on shutdown.
+//! has passed since then, when it holds `max_records` records or `max_bytes` of payload, or
+//! on shutdown. With a zero interval (latency mode) it closes as soon as the consumer has
+//! nothing more ready, so a lone record waits for no window while a backlog still fills
+//! whole batches.
+//!
+//! Records are the consumer's own messages, borrowed from its fetch buffers: nothing is
+//! copied until the producer takes the outputs.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
-use rdkafka::message::{Message, OwnedMessage};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
 use tracing::warn;
 
-use super::source::{Assignment, Consumer, LogThrottle};
+use super::source::Consumer;
+use crate::logging::LogThrottle;
 
-pub struct Batch {
-    pub records: Vec<OwnedMessage>,
+/// How long one poll waits while no batch is open, so a shutdown is seen this quickly.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Where the batcher gets records: the consumer, or a script in tests.
+pub trait RecordSource {
+    type Record<'a>: Message
+    where
+        Self: 'a;
+
+    fn poll(&self, timeout: Duration) -> Option<Result<Self::Record<'_>, KafkaError>>;
+
+    /// Partitions revoked since the last call (a rebalance runs inside `poll`).
+    fn take_revoked(&self) -> BTreeSet<i32>;
+}
+
+impl RecordSource for Consumer {
+    type Record<'a> = BorrowedMessage<'a>;
+
+    fn poll(&self, timeout: Duration) -> Option<Result<BorrowedMessage<'_>, KafkaError>> {
+        rdkafka::consumer::BaseConsumer::poll(self, timeout)
+    }
+
+    fn take_revoked(&self) -> BTreeSet<i32> {
+        rdkafka::consumer::Consumer::context(self).take_revoked()
+    }
+}
+
+pub struct Batch<R> {
+    pub records: Vec<R>,
     /// When the first record arrived; batch latency is measured from here.
     pub opened: Instant,
+    /// Time spent waiting in the consumer's poll while the batch was open.
+    pub polling: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Zero: close as soon as nothing more is ready.
+    pub interval: Duration,
+    pub max_records: usize,
+    pub max_bytes: usize,
 }
 
 pub struct Batcher {
-    pub interval: Duration,
-    pub max_records: usize,
-    pub consumer_errors: LogThrottle,
+    limits: BatchLimits,
+    consumer_errors: LogThrottle,
 }
 
 impl Batcher {
-    /// The next batch, or `None` once shutdown is requested and nothing is pending.
-    pub async fn next(
-        &self,
-        consumer: &Consumer,
-        assignment: &Assignment,
-        shutdown: &CancellationToken,
-    ) -> Option<Batch> {
-        let mut records = Vec::with_capacity(self.max_records.min(4096));
-        let mut generation = assignment.generation();
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return None,
-            first = self.recv(consumer) => first,
-        };
-        records.push(first);
-        let opened = Instant::now();
-        let deadline = opened + self.interval;
-        loop {
-            if assignment.generation() != generation {
-                // A rebalance happened inside recv: records of partitions we no longer own
-                // belong to their next owner, who starts from the committed offset. Dropping
-                // them here is what keeps a rebalance from producing duplicates.
-                generation = assignment.generation();
-                records.retain(|r| assignment.owns(r.partition()));
-            }
-            if records.len() >= self.max_records {
-                break;
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(deadline) => break,
-                record = self.recv(consumer) => records.push(record),
-            }
+    pub fn new(limits: BatchLimits) -> Self {
+        Self {
+            limits,
+            consumer_errors: LogThrottle::default(),
         }
-        Some(Batch { records, opened })
     }
 
-    async fn recv(&self, consumer: &Consumer) -> OwnedMessage {
+    /// The next batch, or `None` once `stop` says so with nothing pending. A batch that is
+    /// open when `stop` turns true is returned as it is, so that it is finished.
+    pub fn next<'s, S: RecordSource>(
+        &self,
+        source: &'s S,
+        mut stop: impl FnMut() -> bool,
+    ) -> Option<Batch<S::Record<'s>>> {
+        let mut records: Vec<S::Record<'s>> = Vec::new();
+        let mut bytes = 0usize;
+        let mut opened: Option<Instant> = None;
+        let mut polling = Duration::ZERO;
         loop {
-            match consumer.recv().await {
-                Ok(message) => return message.detach(),
-                // Consumer errors are reports (a broker went away, a fetch failed);
-                // librdkafka recovers by itself, so note them and keep reading.
-                Err(e) => {
+            if stop() {
+                return opened.map(|opened| Batch {
+                    records,
+                    opened,
+                    polling,
+                });
+            }
+            let timeout = match opened {
+                None => IDLE_POLL,
+                Some(t) => (t + self.limits.interval).saturating_duration_since(Instant::now()),
+            };
+            let poll_started = Instant::now();
+            let polled = source.poll(timeout);
+            if opened.is_some() {
+                polling += poll_started.elapsed();
+            }
+            let revoked = source.take_revoked();
+            if !revoked.is_empty() && !records.is_empty() {
+                // Their next owner (perhaps us again) starts from the committed offset, so
+                // scoring these would only produce duplicates.
+                records.retain(|r| !revoked.contains(&r.partition()));
+                bytes = records.iter().map(payload_len).sum();
+                if records.is_empty() {
+                    opened = None;
+                    polling = Duration::ZERO;
+                }
+            }
+            let nothing_ready = match polled {
+                Some(Ok(record)) => {
+                    bytes += payload_len(&record);
+                    records.push(record);
+                    opened.get_or_insert_with(Instant::now);
+                    false
+                }
+                Some(Err(e)) => {
+                    // Consumer errors are reports (a broker went away, a fetch failed);
+                    // librdkafka recovers from these by itself.
                     if let Some(suppressed) = self.consumer_errors.admit() {
                         warn!(error = %e, suppressed, "consumer error");
                     }
+                    false
+                }
+                None => true,
+            };
+            let Some(started) = opened else { continue };
+            let full =
+                records.len() >= self.limits.max_records || bytes >= self.limits.max_bytes;
+            let window_over = if self.limits.interval.is_zero() {
+                nothing_ready
+            } else {
+                started.elapsed() >= self.limits.interval
+            };
+            if full || window_over {
+                return Some(Batch {
+                    records,
+                    opened: started,
+                    polling,
+                });
+            }
+        }
+    }
+}
+
+fn payload_len(record: &impl Message) -> usize {
+    record.payload().map_or(0, <[u8]>::len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{OwnedMessage, Timestamp};
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// One scripted poll: a record of (partition, offset, payload bytes), nothing, or a
+    /// revocation that happens inside that poll.
+    enum Step {
+        Record(i32, i64, usize),
+        Nothing,
+        RevokeThenRecord(Vec<i32>, i32, i64),
+    }
+
+    struct Script {
+        steps: RefCell<VecDeque<Step>>,
+        revoked: RefCell<BTreeSet<i32>>,
+        polls: RefCell<Vec<Duration>>,
+    }
+
+    impl Script {
+        fn new(steps: Vec<Step>) -> Self {
+            Self {
+                steps: RefCell::new(steps.into()),
+                revoked: RefCell::default(),
+                polls: RefCell::default(),
+            }
+        }
+    }
+
+    fn message(partition: i32, offset: i64, bytes: usize) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(vec![b'x'; bytes]),
+            None,
+            "in".into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
+    }
+
+    impl RecordSource for Script {
+        type Record<'a> = OwnedMessage;
+
+        fn poll(&self, timeout: Duration) -> Option<Result<OwnedMessage, KafkaError>> {
+            self.polls.borrow_mut().push(timeout);
+            match self.steps.borrow_mut().pop_front()? {
+                Step::Record(p, o, b) => Some(Ok(message(p, o, b))),
+                Step::Nothing => None,
+                Step::RevokeThenRecord(revoked, p, o) => {
+                    self.revoked.borrow_mut().extend(revoked);
+                    Some(Ok(message(p, o, 1)))
                 }
             }
         }
+
+        fn take_revoked(&self) -> BTreeSet<i32> {
+            std::mem::take(&mut *self.revoked.borrow_mut())
+        }
+    }
+
+    fn limits(interval_ms: u64, max_records: usize, max_bytes: usize) -> BatchLimits {
+        BatchLimits {
+            interval: Duration::from_millis(interval_ms),
+            max_records,
+            max_bytes,
+        }
+    }
+
+    fn positions(batch: &Batch<OwnedMessage>) -> Vec<(i32, i64)> {
+        batch
+            .records
+            .iter()
+            .map(|r| (r.partition(), r.offset()))
+            .collect()
+    }
+
+    /// Stops once the script has run out, so a test can never spin.
+    fn until_exhausted(script: &Script) -> impl FnMut() -> bool + '_ {
+        move || script.steps.borrow().is_empty() && script.polls.borrow().len() > 100
+    }
+
+    #[test]
+    fn closes_at_max_records_and_max_bytes() {
+        let script = Script::new(vec![
+            Step::Record(0, 1, 1),
+            Step::Record(0, 2, 1),
+            Step::Record(0, 3, 1),
+            Step::Record(0, 4, 1),
+        ]);
+        let batcher = Batcher::new(limits(60_000, 2, usize::MAX));
+        let batch = batcher.next(&script, until_exhausted(&script)).unwrap();
+        assert_eq!(positions(&batch), vec![(0, 1), (0, 2)]);
+
+        let script = Script::new(vec![Step::Record(0, 1, 600), Step::Record(0, 2, 600), Step::Record(0, 3, 1)]);
+        let batcher = Batcher::new(limits(60_000, 1000, 1000));
+        let batch = batcher.next(&script, until_exhausted(&script)).unwrap();
+        assert_eq!(positions(&batch), vec![(0, 1), (0, 2)], "closes once it holds 1,000 bytes");
+    }
+
+    #[test]
+    fn latency_mode_closes_when_nothing_more_is_ready() {
+        let script = Script::new(vec![
+            Step::Nothing,
+            Step::Record(1, 7, 1),
+            Step::Record(1, 8, 1),
+            Step::Nothing,
+            Step::Record(1, 9, 1),
+        ]);
+        let batcher = Batcher::new(limits(0, 1000, usize::MAX));
+        let batch = batcher.next(&script, until_exhausted(&script)).unwrap();
+        assert_eq!(positions(&batch), vec![(1, 7), (1, 8)]);
+        let polls = script.polls.borrow();
+        assert_eq!(polls[0], IDLE_POLL, "waits while no batch is open");
+        assert!(polls[2..].iter().all(|t| t.is_zero()), "never waits once one is: {polls:?}");
+    }
+
+    #[test]
+    fn a_revoke_drops_the_revoked_partitions_records_even_if_assigned_again() {
+        // Partition 0 is revoked (and, as far as the batcher can tell, assigned again)
+        // inside the window: its records will be re-read from the committed offset.
+        let script = Script::new(vec![
+            Step::Record(0, 10, 1),
+            Step::Record(1, 20, 1),
+            Step::RevokeThenRecord(vec![0], 0, 10),
+            Step::Record(1, 21, 1),
+        ]);
+        let batcher = Batcher::new(limits(60_000, 3, usize::MAX));
+        let batch = batcher.next(&script, until_exhausted(&script)).unwrap();
+        assert_eq!(positions(&batch), vec![(1, 20), (0, 10), (1, 21)]);
+    }
+
+    #[test]
+    fn a_batch_emptied_by_a_revoke_reopens_with_its_next_record() {
+        let script = Script::new(vec![
+            Step::Record(0, 1, 1),
+            Step::RevokeThenRecord(vec![0], 2, 5),
+            Step::Record(2, 6, 1),
+        ]);
+        let batcher = Batcher::new(limits(60_000, 2, usize::MAX));
+        let batch = batcher.next(&script, until_exhausted(&script)).unwrap();
+        assert_eq!(positions(&batch), vec![(2, 5), (2, 6)]);
+    }
+
+    #[test]
+    fn stop_returns_the_open_batch_then_nothing() {
+        let script = Script::new(vec![Step::Record(0, 1, 1)]);
+        let batcher = Batcher::new(limits(60_000, 10, usize::MAX));
+        let mut polls = 0;
+        let batch = batcher.next(&script, || {
+            polls += 1;
+            polls > 2
+        });
+        assert_eq!(positions(&batch.unwrap()), vec![(0, 1)]);
+        assert!(batcher.next(&script, || true).is_none());
+    }
+
+    #[test]
+    fn the_interval_closes_a_batch_that_is_not_full() {
+        let script = Script::new(vec![Step::Record(0, 1, 1), Step::Nothing, Step::Nothing]);
+        let batcher = Batcher::new(limits(1, 10, usize::MAX));
+        std::thread::sleep(Duration::from_millis(2));
+        let batch = batcher
+            .next(&script, || {
+                std::thread::sleep(Duration::from_millis(1));
+                false
+            })
+            .unwrap();
+        assert_eq!(positions(&batch), vec![(0, 1)]);
     }
 }

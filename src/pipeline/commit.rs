@@ -1,57 +1,178 @@
-//! Offset tracking: what a finished batch lets us commit, and committing it.
+//! The commit stage (at-least-once): waits for each produced batch's acknowledgements, sends
+//! again what the broker refused, and only then commits the batch's offsets. It runs on its
+//! own thread so the scoring loop can score and produce the next batches meanwhile; batches
+//! that are already acknowledged when the head one is done are committed together, in one
+//! round trip.
 
 use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::anyhow;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tracing::warn;
 
+use super::acks::BatchAcks;
+use super::in_flight::InFlightGuard;
+use super::sink::{Destinations, Sink};
 use super::source::Consumer;
+use crate::service::state::ServiceState;
 
+/// Rounds of re-sending a batch's refused records before the pipeline stops uncommitted.
+pub const MAX_SEND_ATTEMPTS: u32 = 5;
 const COMMIT_ATTEMPTS: u32 = 3;
 const COMMIT_BACKOFF: Duration = Duration::from_millis(200);
+/// How often a wait for acknowledgements looks up to log that it is still waiting.
+const ACK_WAIT_SLICE: Duration = Duration::from_secs(10);
 
-/// Per partition, the offset after the last record of the batch: the position a restarted
-/// consumer resumes from. Records within a partition arrive in offset order, but taking
-/// the maximum keeps this right even if a batch were assembled out of order.
-pub fn next_offsets(records: &[OwnedMessage]) -> BTreeMap<(String, i32), i64> {
-    let mut next = BTreeMap::new();
+/// Per partition, the offset after the last record of a batch: where a restarted consumer
+/// resumes. Taking the maximum keeps this right even for a batch assembled out of order.
+pub type NextOffsets = BTreeMap<i32, i64>;
+
+pub fn next_offsets<M: Message>(records: &[M]) -> NextOffsets {
+    let mut next = NextOffsets::new();
     for r in records {
-        let slot = next
-            .entry((r.topic().to_owned(), r.partition()))
-            .or_insert(0);
+        let slot = next.entry(r.partition()).or_insert(0);
         *slot = (*slot).max(r.offset() + 1);
     }
     next
 }
 
-pub fn to_partition_list(
-    offsets: &BTreeMap<(String, i32), i64>,
-) -> KafkaResult<TopicPartitionList> {
+pub fn to_partition_list(topic: &str, offsets: &NextOffsets) -> KafkaResult<TopicPartitionList> {
     let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-    for ((topic, partition), offset) in offsets {
+    for (partition, offset) in offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
     }
     Ok(tpl)
 }
 
-/// Commits synchronously on a blocking thread, so a commit error is known before the
-/// batch counts as done, without stalling the async workers for the round trip.
-pub async fn commit(consumer: &Arc<Consumer>, offsets: TopicPartitionList) -> KafkaResult<()> {
+/// A batch handed to the producer, travelling to the commit stage with its in-flight slot.
+pub struct ProducedBatch {
+    pub acks: Arc<BatchAcks>,
+    pub offsets: NextOffsets,
+    pub destinations: Destinations,
+    pub opened: Instant,
+    pub model_version: Arc<str>,
+    pub slot: InFlightGuard,
+}
+
+pub struct CommitStage {
+    pub consumer: Arc<Consumer>,
+    pub sink: Arc<Sink>,
+    pub state: Arc<ServiceState>,
+    pub input_topic: String,
+}
+
+impl CommitStage {
+    /// Runs until the scoring loop hangs up (then `Ok`, everything committed) or a batch
+    /// cannot be delivered (then the error, with that batch and every later one uncommitted).
+    pub fn run(&self, batches: Receiver<ProducedBatch>) -> anyhow::Result<()> {
+        let mut carried: Option<ProducedBatch> = None;
+        loop {
+            let head = match carried.take() {
+                Some(batch) => batch,
+                None => match batches.recv() {
+                    Ok(batch) => batch,
+                    Err(_) => return Ok(()),
+                },
+            };
+            self.confirm(&head)?;
+            let mut group = vec![head];
+            loop {
+                match batches.try_recv() {
+                    Ok(next) if next.acks.is_settled() => {
+                        self.confirm(&next)?;
+                        group.push(next);
+                    }
+                    Ok(next) => {
+                        carried = Some(next);
+                        break;
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.commit(&group);
+            // Dropping the group frees its in-flight slots.
+        }
+    }
+
+    /// Waits for every record of the batch, sending refused ones again.
+    fn confirm(&self, batch: &ProducedBatch) -> anyhow::Result<()> {
+        let mut acks = Arc::clone(&batch.acks);
+        let mut round = 1;
+        loop {
+            while !acks.wait(ACK_WAIT_SLICE) {
+                warn!(
+                    waited_s = ACK_WAIT_SLICE.as_secs(),
+                    "still waiting for the broker to acknowledge a batch"
+                );
+            }
+            let failures = acks.take_failures();
+            let Some(first) = failures.first() else {
+                return Ok(());
+            };
+            if round >= MAX_SEND_ATTEMPTS {
+                return Err(anyhow!(
+                    "giving up on {} record(s) to {} after {round} attempts: {}; \
+                     their batch stays uncommitted",
+                    failures.len(),
+                    first.record.topic(),
+                    first.error
+                ));
+            }
+            warn!(records = failures.len(), topic = first.record.topic(), error = %first.error,
+                  attempt = round, "delivery failed; re-sending");
+            self.state
+                .metrics
+                .delivery_retries
+                .inc_by(failures.len() as u64);
+            let retry = Arc::new(BatchAcks::new(failures.len()));
+            self.sink.resend(&failures, &retry, || false)?;
+            acks = retry;
+            round += 1;
+        }
+    }
+
+    fn commit(&self, group: &[ProducedBatch]) {
+        let mut offsets = NextOffsets::new();
+        for batch in group {
+            for (partition, next) in &batch.offsets {
+                let slot = offsets.entry(*partition).or_insert(0);
+                *slot = (*slot).max(*next);
+            }
+        }
+        let result = to_partition_list(&self.input_topic, &offsets)
+            .and_then(|tpl| commit_with_retries(&self.consumer, &tpl));
+        let metrics = &self.state.metrics;
+        if let Err(e) = result {
+            // The records are delivered; only the position is not saved, so they will be
+            // re-read and scored again (at-least-once). The next commit for the same
+            // partitions supersedes this one.
+            metrics.commit_failures.inc();
+            warn!(error = %e, "offset commit failed");
+        }
+        for batch in group {
+            super::count_delivered(
+                &self.state,
+                &batch.destinations,
+                batch.opened,
+                &batch.model_version,
+            );
+        }
+    }
+}
+
+fn commit_with_retries(consumer: &Consumer, offsets: &TopicPartitionList) -> KafkaResult<()> {
     let mut attempt = 1;
     loop {
-        let consumer = Arc::clone(consumer);
-        let tpl = offsets.clone();
-        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled));
-        match result {
+        match consumer.commit(offsets, CommitMode::Sync) {
             Err(e) if attempt < COMMIT_ATTEMPTS && is_retriable(&e) => {
                 attempt += 1;
-                tokio::time::sleep(COMMIT_BACKOFF).await;
+                std::thread::sleep(COMMIT_BACKOFF);
             }
             other => return other,
         }
@@ -78,7 +199,7 @@ fn is_retriable(e: &KafkaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::Timestamp;
+    use rdkafka::message::{OwnedMessage, Timestamp};
 
     fn msg(partition: i32, offset: i64) -> OwnedMessage {
         OwnedMessage::new(
@@ -95,8 +216,6 @@ mod tests {
     #[test]
     fn commits_one_past_the_highest_offset_per_partition() {
         let next = next_offsets(&[msg(0, 5), msg(1, 2), msg(0, 7), msg(0, 6)]);
-        assert_eq!(next.get(&("in".into(), 0)), Some(&8));
-        assert_eq!(next.get(&("in".into(), 1)), Some(&3));
-        assert_eq!(next.len(), 2);
+        assert_eq!(next, NextOffsets::from([(0, 8), (1, 3)]));
     }
 }

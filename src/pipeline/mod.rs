@@ -1,40 +1,47 @@
 //! The Kafka pipeline: source → batch → transform → sink, then commit.
 //!
-//! Two stages run concurrently. The scoring stage consumes a micro-batch, scores it and
-//! enqueues its records to the producer; the commit stage waits for those records'
-//! acknowledgements and only then commits the batch's offsets. A bounded channel between
-//! them lets batch N+1 be scored while batch N is in flight, and stops consumption when
-//! acknowledgements fall behind.
+//! It runs on a dedicated thread ("scoring") that polls the consumer, closes micro-batches,
+//! scores them and hands their records to the producer, all synchronously and without a
+//! task switch per record. Each delivery mode is one loop over that thread, written top to
+//! bottom in its own module: `at_least_once` (batches overlap; a commit thread confirms and
+//! commits them in order) and `exactly_once` (one transaction per batch).
 
+pub mod acks;
+pub mod at_least_once;
 pub mod batch;
 pub mod commit;
+pub mod exactly_once;
+pub mod in_flight;
 pub mod sink;
 pub mod source;
 pub mod transaction;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::message::{Message, OwnedMessage};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
-use crate::model::ModelStore;
-use crate::record::SourcePosition;
-use crate::transform::{transform_batch, Input};
-use batch::{Batch, Batcher};
-use sink::{Pending, Sink};
-use source::{create_consumer, Assignment, Consumer, InFlight, SourceContext};
+use crate::record::{Reason, SourcePosition};
+use crate::service::state::ServiceState;
+use crate::transform::Input;
+use batch::BatchLimits;
+use in_flight::InFlight;
+use sink::{Destinations, Sink};
+use source::{create_consumer, SourceContext};
 
-/// Batches scored but not yet acknowledged; beyond this the scoring stage waits.
-pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// Batches produced but not yet committed (at-least-once); beyond this the scoring loop
+/// waits. This is exactly the most a crash can repeat: `MAX_BATCHES_IN_FLIGHT` batches.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// How long shutdown waits for librdkafka to deliver what is still queued.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default ceiling on one batch's payload bytes, so that 1,000 records of a megabyte each are
+/// not one batch: sized for the 256 MiB container limit in `deploy/` with in-flight batches,
+/// the consumer's prefetch and the producer's queue all at once.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// The delivery guarantee of the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -59,56 +66,71 @@ pub struct PipelineConfig {
     pub output_topic: String,
     pub dead_letter_topic: String,
     pub group: String,
+    /// Zero: latency mode, a batch closes as soon as nothing more is ready.
     pub batch_interval: Duration,
     pub max_batch: usize,
+    pub max_batch_bytes: usize,
     pub max_record_bytes: usize,
     pub guarantee: Guarantee,
 }
 
-/// What the pipeline shares with the HTTP side port.
-pub struct Shared {
-    pub store: Arc<ModelStore>,
-    pub metrics: Arc<Metrics>,
-    pub assignment: Arc<Assignment>,
+impl PipelineConfig {
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            interval: self.batch_interval,
+            max_records: self.max_batch,
+            max_bytes: self.max_batch_bytes,
+        }
+    }
 }
 
-struct ScoredBatch {
-    pending: Vec<Pending>,
-    offsets: rdkafka::TopicPartitionList,
-    opened: Instant,
-    size: usize,
-    model_version: String,
+/// Why the scoring loop should stop taking new records: shutdown was requested, or the
+/// service can no longer make progress.
+pub struct Stop {
+    shutdown: CancellationToken,
+    state: Arc<ServiceState>,
+}
+
+impl Stop {
+    pub fn requested(&self) -> bool {
+        self.shutdown.is_cancelled() || self.state.health.failure().is_some()
+    }
 }
 
 /// Runs until `shutdown` is cancelled (then drains, commits and returns `Ok`) or until a
 /// record cannot be delivered (then returns the error with that batch uncommitted).
 pub async fn run(
     config: PipelineConfig,
-    shared: &Shared,
+    state: Arc<ServiceState>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let in_flight = Arc::new(InFlight::default());
-    let consumer = Arc::new(
-        create_consumer(
-            &config,
-            SourceContext {
-                input_topic: config.input_topic.clone(),
-                client_errors: Default::default(),
-                metrics: Arc::clone(&shared.metrics),
-                assignment: Arc::clone(&shared.assignment),
-                in_flight: Arc::clone(&in_flight),
-            },
-        )
-        .context("creating the consumer")?,
-    );
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("scoring".into())
+        .spawn(move || {
+            let _ = done.send(run_blocking(&config, &state, shutdown));
+        })
+        .context("starting the scoring thread")?;
+    result
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the scoring thread panicked")))
+}
+
+fn run_blocking(
+    config: &PipelineConfig,
+    state: &Arc<ServiceState>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let in_flight = InFlight::new(match config.guarantee {
+        Guarantee::AtLeastOnce => MAX_BATCHES_IN_FLIGHT,
+        Guarantee::ExactlyOnce { .. } => 1,
+    });
+    let context = SourceContext::new(&config.input_topic, Arc::clone(state), Arc::clone(&in_flight));
+    let consumer = Arc::new(create_consumer(config, context).context("creating the consumer")?);
     consumer
         .subscribe(&[&config.input_topic])
         .with_context(|| format!("subscribing to {}", config.input_topic))?;
-    let sink =
-        Arc::new(Sink::new(&config, Arc::clone(&shared.metrics)).context("creating the producer")?);
-    if matches!(config.guarantee, Guarantee::ExactlyOnce { .. }) {
-        transaction::init(&sink).await?;
-    }
+    let sink = Arc::new(Sink::new(config).context("creating the producer")?);
     info!(
         brokers = %config.brokers,
         input = %config.input_topic,
@@ -118,115 +140,34 @@ pub async fn run(
         guarantee = ?config.guarantee,
         "pipeline started"
     );
-
-    let (to_commit, scored) = mpsc::channel(MAX_BATCHES_IN_FLIGHT);
-    let committer = tokio::spawn(commit_stage(
-        scored,
-        Arc::clone(&sink),
-        Arc::clone(&consumer),
-        Arc::clone(&shared.metrics),
-        Arc::clone(&in_flight),
-    ));
-    let scoring = score_stage(
-        &config, shared, &consumer, &sink, &in_flight, to_commit, &shutdown,
-    )
-    .await;
-    // The commit stage ends once the scoring stage has dropped its sender and every batch
-    // it sent is committed.
-    let committed = committer.await.context("the commit stage panicked")?;
+    let stop = Stop {
+        shutdown,
+        state: Arc::clone(state),
+    };
+    let result = match config.guarantee {
+        Guarantee::AtLeastOnce => {
+            at_least_once::run(config, state, &consumer, &sink, &in_flight, &stop)
+        }
+        Guarantee::ExactlyOnce { .. } => exactly_once::run(config, state, &consumer, &sink, &stop),
+    };
     if let Err(e) = sink.flush(SHUTDOWN_FLUSH_TIMEOUT) {
         warn!(error = %e, "flush at shutdown");
     }
-    scoring.and(committed)?;
-    info!("pipeline stopped; every consumed record is committed");
-    Ok(())
-}
-
-async fn score_stage(
-    config: &PipelineConfig,
-    shared: &Shared,
-    consumer: &Consumer,
-    sink: &Sink,
-    in_flight: &InFlight,
-    to_commit: mpsc::Sender<ScoredBatch>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let batcher = Batcher {
-        interval: config.batch_interval,
-        max_records: config.max_batch,
-        consumer_errors: Default::default(),
-    };
-    while let Some(batch) = batcher.next(consumer, &shared.assignment, shutdown).await {
-        if batch.records.is_empty() {
-            continue;
-        }
-        shared.metrics.records_in.inc_by(batch.records.len() as u64);
-        shared
-            .metrics
-            .batch_size
-            .observe(batch.records.len() as f64);
-        let model = shared.store.current();
-        let outcomes = transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
-        if let Guarantee::ExactlyOnce { .. } = config.guarantee {
-            transact(shared, consumer, sink, &batch, outcomes, &model.version).await?;
-            continue;
-        }
-        let pending = sink.send_batch(&batch.records, outcomes).await?;
-        let offsets = commit::to_partition_list(&commit::next_offsets(&batch.records))?;
-        in_flight.started();
-        let scored = ScoredBatch {
-            pending,
-            offsets,
-            opened: batch.opened,
-            size: batch.records.len(),
-            model_version: model.version.clone(),
-        };
-        if to_commit.send(scored).await.is_err() {
-            // The commit stage stopped on an error, which `run` reports.
-            in_flight.finished();
-            break;
+    let result = result.and_then(|()| match state.health.failure() {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    });
+    match &result {
+        Ok(()) => info!("pipeline stopped; every consumed record is committed"),
+        Err(e) => {
+            state.health.fail(format!("{e:#}"));
+            warn!(error = %format!("{e:#}"), "pipeline stopped with records uncommitted; they will be read again");
         }
     }
-    Ok(())
+    result
 }
 
-/// Exactly-once: the batch's outputs and offsets in one transaction, before the next batch.
-async fn transact(
-    shared: &Shared,
-    consumer: &Consumer,
-    sink: &Sink,
-    batch: &Batch,
-    outcomes: Vec<crate::transform::Outcome>,
-    model_version: &str,
-) -> anyhow::Result<()> {
-    let txn = transaction::KafkaTransactions { sink, consumer };
-    let produce = sink.send_batch(&batch.records, outcomes);
-    let (result, pending) = transaction::run_batch(&txn, &batch.records, produce).await?;
-    let label = match result {
-        transaction::BatchResult::Committed => "committed",
-        transaction::BatchResult::Aborted => "aborted",
-    };
-    shared
-        .metrics
-        .transactions
-        .with_label_values(&[label])
-        .inc();
-    if let Some(pending) = pending {
-        sink.count_committed(pending).await;
-        let latency = batch.opened.elapsed();
-        shared.metrics.batches.inc();
-        shared.metrics.batch_latency.observe(latency.as_secs_f64());
-        debug!(
-            size = batch.records.len(),
-            latency_ms = latency.as_secs_f64() * 1e3,
-            model_version,
-            "transaction committed"
-        );
-    }
-    Ok(())
-}
-
-fn inputs_of(records: &[OwnedMessage]) -> Vec<Input<'_>> {
+fn inputs_of<M: Message>(records: &[M]) -> Vec<Input<'_>> {
     records
         .iter()
         .map(|r| Input {
@@ -239,36 +180,30 @@ fn inputs_of(records: &[OwnedMessage]) -> Vec<Input<'_>> {
         .collect()
 }
 
-async fn commit_stage(
-    mut scored: mpsc::Receiver<ScoredBatch>,
-    sink: Arc<Sink>,
-    consumer: Arc<Consumer>,
-    metrics: Arc<Metrics>,
-    in_flight: Arc<InFlight>,
-) -> anyhow::Result<()> {
-    while let Some(batch) = scored.recv().await {
-        let confirmed = sink.confirm(batch.pending).await;
-        if let Err(e) = confirmed {
-            in_flight.finished();
-            return Err(e.context("a batch could not be delivered; its offsets stay uncommitted"));
+/// Counts a batch whose records are all acknowledged (and committed).
+fn count_delivered(
+    state: &ServiceState,
+    destinations: &Destinations,
+    opened: Instant,
+    model_version: &str,
+) {
+    let metrics = &state.metrics;
+    metrics.records_out.inc_by(destinations.outputs);
+    for (reason, n) in Reason::ALL.iter().zip(destinations.dead_letters) {
+        if n > 0 {
+            metrics
+                .records_dead_lettered
+                .with_label_values(&[reason.code()])
+                .inc_by(n);
         }
-        if let Err(e) = commit::commit(&consumer, batch.offsets).await {
-            // The records are delivered; only the position is not saved, so they will be
-            // re-read and scored again (at-least-once). The next batch's commit for the
-            // same partitions supersedes this one.
-            metrics.commit_failures.inc();
-            warn!(error = %e, "offset commit failed");
-        }
-        let latency = batch.opened.elapsed();
-        metrics.batches.inc();
-        metrics.batch_latency.observe(latency.as_secs_f64());
-        debug!(
-            size = batch.size,
-            latency_ms = latency.as_secs_f64() * 1e3,
-            model_version = %batch.model_version,
-            "batch committed"
-        );
-        in_flight.finished();
     }
-    Ok(())
+    let latency = opened.elapsed();
+    metrics.batches.inc();
+    metrics.batch_latency.observe(latency.as_secs_f64());
+    debug!(
+        size = destinations.total(),
+        latency_ms = latency.as_secs_f64() * 1e3,
+        model_version,
+        "batch committed"
+    );
 }

@@ -1,141 +1,77 @@
-//! The input side: a group consumer whose context tracks the assignment, waits for
-//! in-flight batches before giving partitions up, and feeds lag into the metrics.
+//! The input side: a group consumer polled on the scoring thread, whose context keeps the
+//! service's view of the assignment, lets partitions go only once their produced batches are
+//! committed, notes which partitions were revoked for the batcher, and feeds lag into the
+//! metrics.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use super::in_flight::InFlight;
 use super::PipelineConfig;
-use crate::metrics::Metrics;
+use crate::logging::LogThrottle;
+use crate::service::state::ServiceState;
 
-/// While the broker is unreachable librdkafka reports the same error many times a second;
-/// one line per kind per interval says as much without flooding the logs.
-const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Logs an error at most once per `ERROR_LOG_INTERVAL`, counting what it held back.
-#[derive(Default)]
-pub struct LogThrottle {
-    state: Mutex<Option<(std::time::Instant, u64)>>,
-}
-
-impl LogThrottle {
-    /// Returns `Some(suppressed)` when this occurrence should be logged.
-    pub fn admit(&self) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        match &mut *state {
-            Some((since, suppressed)) if now.duration_since(*since) < ERROR_LOG_INTERVAL => {
-                *suppressed += 1;
-                None
-            }
-            slot => {
-                let suppressed = slot.map_or(0, |(_, n)| n);
-                *slot = Some((now, 0));
-                Some(suppressed)
-            }
-        }
-    }
-}
-
-/// Longest a revoke waits for in-flight batches to commit before letting the partitions go.
+/// Longest a revoke waits for produced batches to commit before letting the partitions go.
 const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Which input partitions this instance owns, shared with the batcher and `/readyz`.
-#[derive(Default)]
-pub struct Assignment {
-    partitions: Mutex<HashSet<i32>>,
-    /// Bumped on every rebalance, so the batcher can tell its records may be stale.
-    generation: AtomicU64,
-    /// Set by the first assignment, even an empty one: the group has answered.
-    received: std::sync::atomic::AtomicBool,
-}
-
-impl Assignment {
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    pub fn owns(&self, partition: i32) -> bool {
-        self.lock().contains(&partition)
-    }
-
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn received(&self) -> bool {
-        self.received.load(Ordering::Acquire)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
-        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn apply(&self, topic: &str, change: &TopicPartitionList, assign: bool) {
-        let mut owned = self.lock();
-        for elem in change.elements_for_topic(topic) {
-            if assign {
-                owned.insert(elem.partition());
-            } else {
-                owned.remove(&elem.partition());
-            }
-        }
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        if assign {
-            self.received.store(true, Ordering::Release);
-        }
-    }
-}
-
-/// Batches handed to the sink whose offsets are not committed yet.
-#[derive(Default)]
-pub struct InFlight {
-    count: Mutex<usize>,
-    drained: Condvar,
-}
-
-impl InFlight {
-    pub fn started(&self) {
-        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-    }
-
-    pub fn finished(&self) {
-        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            self.drained.notify_all();
-        }
-    }
-
-    /// Blocks until no batch is in flight or `timeout` passes; true when drained.
-    pub fn wait_drained(&self, timeout: Duration) -> bool {
-        let n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        let (n, _) = self
-            .drained
-            .wait_timeout_while(n, timeout, |n| *n > 0)
-            .unwrap_or_else(|p| p.into_inner());
-        *n == 0
-    }
-}
+pub type Consumer = BaseConsumer<SourceContext>;
 
 pub struct SourceContext {
-    pub input_topic: String,
-    pub client_errors: LogThrottle,
-    pub metrics: Arc<Metrics>,
-    pub assignment: Arc<Assignment>,
-    pub in_flight: Arc<InFlight>,
+    input_topic: String,
+    state: Arc<ServiceState>,
+    in_flight: Arc<InFlight>,
+    client_errors: LogThrottle,
+    /// Partitions revoked since the batcher last looked. Kept apart from the assignment,
+    /// because a partition revoked and assigned again inside one batch window must still
+    /// lose the records the batch holds: its new owner (us) restarts from the committed
+    /// offset and reads them again.
+    revoked: Mutex<BTreeSet<i32>>,
+}
+
+impl SourceContext {
+    pub fn new(input_topic: &str, state: Arc<ServiceState>, in_flight: Arc<InFlight>) -> Self {
+        Self {
+            input_topic: input_topic.to_owned(),
+            state,
+            in_flight,
+            client_errors: LogThrottle::default(),
+            revoked: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The partitions revoked since the last call.
+    pub fn take_revoked(&self) -> BTreeSet<i32> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn partitions_of(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(&self.input_topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
 }
 
 impl ClientContext for SourceContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            // librdkafka does not recover from these (a fenced static member, say): stop
+            // being ready now; the scoring loop sees the failure and exits.
+            error!(error = %error, reason, "fatal consumer error");
+            self.state
+                .health
+                .fail(format!("fatal consumer error: {reason}"));
+            return;
+        }
         if let Some(suppressed) = self.client_errors.admit() {
             warn!(error = %error, reason, suppressed, "Kafka client error");
         }
@@ -149,7 +85,8 @@ impl ClientContext for SourceContext {
             // librdkafka reports -1 for partitions it has no figure for (and the internal
             // UA partition); those are not lag.
             if *id >= 0 && partition.consumer_lag >= 0 {
-                self.metrics
+                self.state
+                    .metrics
                     .consumer_lag
                     .with_label_values(&[&self.input_topic, &id.to_string()])
                     .set(partition.consumer_lag);
@@ -161,22 +98,18 @@ impl ClientContext for SourceContext {
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            // Finish what was already produced from these partitions before the next owner
-            // starts on them, so a rebalance does not turn into duplicates. Blocking here is
-            // only safe where other tasks can run meanwhile (a multi-threaded runtime).
-            let multi_threaded = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            if multi_threaded {
-                let drained = tokio::task::block_in_place(|| {
-                    self.in_flight.wait_drained(REVOKE_DRAIN_TIMEOUT)
-                });
-                if !drained {
-                    warn!(
-                        "partitions revoked with batches still uncommitted; they will be re-read"
-                    );
-                }
+            // This runs inside the scoring thread's poll, while the commit stage runs on its
+            // own thread: waiting here lets the batches already produced from these
+            // partitions commit before their next owner starts on them.
+            if !self.in_flight.wait_drained(REVOKE_DRAIN_TIMEOUT) {
+                warn!("partitions revoked with batches still uncommitted; they will be re-read");
             }
-            self.assignment.apply(&self.input_topic, partitions, false);
+            let revoked = self.partitions_of(partitions);
+            self.revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(revoked.iter().copied());
+            self.state.assignment.revoke(revoked);
             info!(partitions = partitions.count(), "partitions revoked");
         }
     }
@@ -184,29 +117,33 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                self.assignment.apply(&self.input_topic, partitions, true);
+                self.state.assignment.assign(self.partitions_of(partitions));
                 info!(partitions = partitions.count(), "partitions assigned");
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
-        self.metrics
+        self.state
+            .metrics
             .assigned_partitions
-            .set(self.assignment.count() as i64);
+            .set(self.state.assignment.count() as i64);
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(e) = result {
-            // Offsets are committed synchronously by the pipeline, which reports its own
-            // failures; this sees librdkafka's own commits (on close), which matter too.
+            // The pipeline commits synchronously and reports its own failures; this sees
+            // librdkafka's own commits (on close), which matter too.
             warn!(error = %e, "offset commit failed");
         }
     }
 }
 
-pub type Consumer = StreamConsumer<SourceContext>;
-
 pub fn create_consumer(config: &PipelineConfig, context: SourceContext) -> KafkaResult<Consumer> {
+    consumer_settings(config).create_with_context(context)
+}
+
+/// The consumer's settings, also used by `bench` for the loopback ceiling.
+pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
@@ -217,21 +154,23 @@ pub fn create_consumer(config: &PipelineConfig, context: SourceContext) -> Kafka
         .set("enable.partition.eof", "false")
         // Apache Kafka answers a fetch as soon as data arrives, but some brokers (tansu,
         // librdkafka's mock) hold a fetch that found nothing for the full wait, which would
-        // add up to 500 ms to every record that arrives while one is pending. 50 ms bounds
-        // that at a few idle fetches a second.
+        // add up to 500 ms to every record that arrives while one is pending.
         .set("fetch.wait.max.ms", "50")
         .set("statistics.interval.ms", "5000")
-        // Bound what is fetched ahead of the pipeline (librdkafka's defaults prefetch up to
-        // 100,000 records or 64 MiB): a slow sink then pauses fetching instead of buffering
-        // the topic in memory, and peak RSS stays small. 20,000 records is still many
-        // batches ahead at the default --max-batch.
-        .set("queued.min.messages", "20000")
-        .set("queued.max.messages.kbytes", "8192")
+        // Prefetch is bounded so that a slow sink pauses fetching instead of buffering the
+        // topic in memory: 4 MiB of queued records, about 25,000 iris records. librdkafka
+        // (>= 2.2) then pauses fetching for `fetch.queue.backoff.ms` before it looks again;
+        // its default of 1 s turned every backlog into a stall of a second per queue-full.
+        // 10 ms keeps the fetcher within a few batches of the pipeline at a cost of at most
+        // a hundred cheap checks a second while the queue is full.
+        .set("queued.min.messages", "10000")
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "10")
         // One fetch response is one allocation; 50 MiB (the default) would be most of the
         // service's memory for no gain in throughput.
         .set("fetch.max.bytes", "4194304");
     for (key, value) in config.properties.iter().chain(&config.consumer_properties) {
         client.set(key, value);
     }
-    client.create_with_context(context)
+    client
 }

@@ -8,13 +8,12 @@
 //! stops the service: continuing could only produce duplicates.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
@@ -81,20 +80,17 @@ pub trait Transactional {
     fn rewind(&self, to: &TopicPartitionList) -> Result<(), TxnError>;
 }
 
-/// The real thing: the sink's transactional producer and the pipeline's consumer.
+/// The real thing: the sink's transactional producer and the pipeline's consumer. Its calls
+/// block on broker round trips, which is what the scoring thread is for.
 pub struct KafkaTransactions<'a> {
     pub sink: &'a Sink,
     pub consumer: &'a Consumer,
-}
-
-/// librdkafka's transactional calls block on broker round trips; keep the async workers free.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
+    pub input_topic: &'a str,
 }
 
 impl Transactional for KafkaTransactions<'_> {
     fn begin(&self) -> Result<(), TxnError> {
-        Ok(blocking(|| self.sink.producer().begin_transaction())?)
+        Ok(self.sink.producer().begin_transaction()?)
     }
 
     fn send_offsets(&self, offsets: &TopicPartitionList) -> Result<(), TxnError> {
@@ -102,33 +98,45 @@ impl Transactional for KafkaTransactions<'_> {
             kind: TxnErrorKind::Abortable,
             message: "the consumer has no group metadata yet".into(),
         })?;
-        Ok(blocking(|| {
-            self.sink
-                .producer()
-                .send_offsets_to_transaction(offsets, &metadata, TXN_CALL_TIMEOUT)
-        })?)
+        Ok(self
+            .sink
+            .producer()
+            .send_offsets_to_transaction(offsets, &metadata, TXN_CALL_TIMEOUT)?)
     }
 
     fn commit(&self) -> Result<(), TxnError> {
-        Ok(blocking(|| {
-            self.sink.producer().commit_transaction(TXN_CALL_TIMEOUT)
-        })?)
+        Ok(self.sink.producer().commit_transaction(TXN_CALL_TIMEOUT)?)
     }
 
     fn abort(&self) -> Result<(), TxnError> {
-        Ok(blocking(|| {
-            self.sink.producer().abort_transaction(TXN_CALL_TIMEOUT)
-        })?)
+        Ok(self.sink.producer().abort_transaction(TXN_CALL_TIMEOUT)?)
     }
 
     fn rewind(&self, to: &TopicPartitionList) -> Result<(), TxnError> {
-        blocking(|| self.consumer.seek_partitions(to.clone(), TXN_CALL_TIMEOUT))?;
-        Ok(())
+        let result = self.consumer.seek_partitions(to.clone(), TXN_CALL_TIMEOUT)?;
+        // A seek reports per-partition failures inside the returned list, not as an error:
+        // a partition left unrewound would skip the aborted batch's records.
+        let failed: Vec<String> = result
+            .elements()
+            .iter()
+            .filter_map(|e| e.error().err().map(|err| format!("{}: {err}", e.partition())))
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(TxnError {
+            kind: TxnErrorKind::Fatal,
+            message: format!(
+                "rewinding {} after an abort failed for partition(s) {}",
+                self.input_topic,
+                failed.join(", ")
+            ),
+        })
     }
 }
 
 /// Calls `op` until it succeeds, fails for good, or runs out of retriable attempts.
-async fn with_retries(
+fn with_retries(
     what: &str,
     mut op: impl FnMut() -> Result<(), TxnError>,
 ) -> Result<(), TxnError> {
@@ -138,7 +146,7 @@ async fn with_retries(
             Err(e) if e.kind == TxnErrorKind::Retriable && attempt < RETRIABLE_ATTEMPTS => {
                 warn!(error = %e, attempt, "{what} failed; retrying");
                 attempt += 1;
-                tokio::time::sleep(RETRY_BACKOFF).await;
+                std::thread::sleep(RETRY_BACKOFF);
             }
             other => return other,
         }
@@ -146,54 +154,53 @@ async fn with_retries(
 }
 
 /// Initialises the transactional producer, retrying what librdkafka calls retriable.
-pub async fn init(sink: &Sink) -> anyhow::Result<()> {
+pub fn init(sink: &Sink) -> anyhow::Result<()> {
     with_retries("initialising transactions", || {
-        Ok(blocking(|| {
-            sink.producer().init_transactions(TXN_CALL_TIMEOUT)
-        })?)
+        Ok(sink.producer().init_transactions(TXN_CALL_TIMEOUT)?)
     })
-    .await
     .map_err(|e| anyhow!("cannot initialise the transactional producer: {e}"))
 }
 
 /// Per partition, the first offset of the batch: where to rewind after an abort.
-pub fn first_offsets(records: &[OwnedMessage]) -> anyhow::Result<TopicPartitionList> {
-    let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+pub fn first_offsets<M: Message>(
+    topic: &str,
+    records: &[M],
+) -> anyhow::Result<TopicPartitionList> {
+    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
     for r in records {
-        let slot = first.entry((r.topic(), r.partition())).or_insert(i64::MAX);
+        let slot = first.entry(r.partition()).or_insert(i64::MAX);
         *slot = (*slot).min(r.offset());
     }
     let mut tpl = TopicPartitionList::with_capacity(first.len());
-    for ((topic, partition), offset) in first {
+    for (partition, offset) in first {
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
     Ok(tpl)
 }
 
-/// Runs one batch as a transaction. `produce` (a future, so it starts only once the
-/// transaction has begun) enqueues the batch's records; the commit then waits for their
-/// acknowledgement. On commit, returns what `produce` returned.
-pub async fn run_batch<T: Transactional, P>(
+/// Runs one batch as a transaction. `produce` (called once the transaction has begun)
+/// enqueues the batch's records; the commit then waits for their acknowledgement. On commit,
+/// returns what `produce` returned.
+pub fn run_batch<T: Transactional, M: Message, P>(
     txn: &T,
-    records: &[OwnedMessage],
-    produce: impl Future<Output = anyhow::Result<P>>,
+    topic: &str,
+    records: &[M],
+    produce: impl FnOnce() -> anyhow::Result<P>,
 ) -> anyhow::Result<(BatchResult, Option<P>)> {
     txn.begin()
         .map_err(|e| anyhow!("cannot begin a transaction: {e}"))?;
-    let attempt = async {
-        let produced = produce.await.map_err(|e| TxnError {
+    let attempt = (|| {
+        let produced = produce().map_err(|e| TxnError {
             kind: TxnErrorKind::Abortable,
             message: format!("{e:#}"),
         })?;
-        let offsets = commit::to_partition_list(&commit::next_offsets(records))?;
+        let offsets = commit::to_partition_list(topic, &commit::next_offsets(records))?;
         with_retries("sending offsets to the transaction", || {
             txn.send_offsets(&offsets)
-        })
-        .await?;
-        with_retries("committing the transaction", || txn.commit()).await?;
+        })?;
+        with_retries("committing the transaction", || txn.commit())?;
         Ok::<P, TxnError>(produced)
-    }
-    .await;
+    })();
     let failure = match attempt {
         Ok(produced) => return Ok((BatchResult::Committed, Some(produced))),
         Err(e) if e.kind == TxnErrorKind::Fatal => {
@@ -203,9 +210,8 @@ pub async fn run_batch<T: Transactional, P>(
     };
     warn!(error = %failure, records = records.len(), "transaction failed; aborting and rewinding");
     with_retries("aborting the transaction", || txn.abort())
-        .await
         .map_err(|e| anyhow!("cannot abort the transaction after {failure}: {e}"))?;
-    txn.rewind(&first_offsets(records)?)
+    txn.rewind(&first_offsets(topic, records)?)
         .map_err(|e| anyhow!("cannot rewind the consumer after an abort: {e}"))?;
     Ok((BatchResult::Aborted, None))
 }
@@ -213,7 +219,7 @@ pub async fn run_batch<T: Transactional, P>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::Timestamp;
+    use rdkafka::message::{OwnedMessage, Timestamp};
     use std::cell::RefCell;
 
     /// Records the calls made and fails the ones it is told to.
@@ -290,24 +296,22 @@ mod tests {
         }
     }
 
-    async fn run(script: &Script, records: &[OwnedMessage]) -> anyhow::Result<BatchResult> {
-        let produce = async {
+    fn run(script: &Script, records: &[OwnedMessage]) -> anyhow::Result<BatchResult> {
+        let produce = || {
             script
                 .calls
                 .borrow_mut()
                 .push(format!("produce {}", records.len()));
             Ok(())
         };
-        run_batch(script, records, produce)
-            .await
-            .map(|(result, _)| result)
+        run_batch(script, "in", records, produce).map(|(result, _)| result)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_batch_is_begin_produce_offsets_commit() {
+    #[test]
+    fn a_batch_is_begin_produce_offsets_commit() {
         let script = Script::default();
         assert_eq!(
-            run(&script, &batch()).await.unwrap(),
+            run(&script, &batch()).unwrap(),
             BatchResult::Committed
         );
         assert_eq!(
@@ -316,14 +320,14 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn an_abortable_error_aborts_and_rewinds_to_the_batch_start() {
+    #[test]
+    fn an_abortable_error_aborts_and_rewinds_to_the_batch_start() {
         let script = Script::default();
         script
             .fail_commit_with
             .borrow_mut()
             .push(failure(TxnErrorKind::Abortable));
-        assert_eq!(run(&script, &batch()).await.unwrap(), BatchResult::Aborted);
+        assert_eq!(run(&script, &batch()).unwrap(), BatchResult::Aborted);
         assert_eq!(
             *script.calls.borrow(),
             vec![
@@ -337,15 +341,15 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_retriable_error_retries_the_same_call() {
+    #[test]
+    fn a_retriable_error_retries_the_same_call() {
         let script = Script::default();
         script
             .fail_offsets_with
             .borrow_mut()
             .push(failure(TxnErrorKind::Retriable));
         assert_eq!(
-            run(&script, &batch()).await.unwrap(),
+            run(&script, &batch()).unwrap(),
             BatchResult::Committed
         );
         assert_eq!(
@@ -360,14 +364,14 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_fatal_error_stops_without_aborting_into_a_fenced_producer() {
+    #[test]
+    fn a_fatal_error_stops_without_aborting_into_a_fenced_producer() {
         let script = Script::default();
         script
             .fail_commit_with
             .borrow_mut()
             .push(failure(TxnErrorKind::Fatal));
-        let err = run(&script, &batch()).await.unwrap_err();
+        let err = run(&script, &batch()).unwrap_err();
         assert!(err.to_string().contains("fatally"), "{err}");
         assert!(!script.calls.borrow().contains(&"abort".to_string()));
     }

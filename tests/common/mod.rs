@@ -129,6 +129,7 @@ impl TestBroker {
             group: group.to_owned(),
             batch_interval: Duration::from_millis(50),
             max_batch: 500,
+            max_batch_bytes: streamscore::pipeline::DEFAULT_MAX_BATCH_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             guarantee: Default::default(),
         }

@@ -14,16 +14,15 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::state::ServiceState;
 use crate::model::ModelError;
-use crate::pipeline::Shared;
-use crate::service::reload_model;
 
 /// Admin requests are tiny JSON documents; anything larger is refused unread.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub shared: Arc<Shared>,
+    pub state: Arc<ServiceState>,
     /// When set, admin endpoints require `Authorization: Bearer <token>`.
     pub admin_token: Option<Arc<str>>,
 }
@@ -58,33 +57,34 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<HttpState>) -> Response {
-    let assignment = &state.shared.assignment;
-    let model = state.shared.store.current();
-    let body = json!({
-        "ready": assignment.received(),
-        "partitions": assignment.count(),
+async fn readyz(State(http): State<HttpState>) -> Response {
+    let state = &http.state;
+    let model = state.store.current();
+    let mut body = json!({
+        "ready": true,
+        "partitions": state.assignment.count(),
         "model_version": model.version,
     });
-    if assignment.received() {
-        (StatusCode::OK, Json(body)).into_response()
-    } else {
-        let mut body = body;
-        body["reason"] = json!("waiting for the consumer group to assign partitions");
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    match state.ready() {
+        Ok(()) => (StatusCode::OK, Json(body)).into_response(),
+        Err(reason) => {
+            body["ready"] = json!(false);
+            body["reason"] = json!(reason);
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.shared.metrics.render(),
+        state.state.metrics.render(),
     )
         .into_response()
 }
 
 async fn model(State(state): State<HttpState>) -> Json<serde_json::Value> {
-    Json(state.shared.store.current().describe())
+    Json(state.state.store.current().describe())
 }
 
 #[derive(Deserialize, Default)]
@@ -113,11 +113,11 @@ async fn reload(
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad reload request: {e}")),
         }
     };
-    let shared = Arc::clone(&state.shared);
+    let service = Arc::clone(&state.state);
     // Reading and compiling a model is blocking file and CPU work: keep it off the
-    // async workers that serve the pipeline.
+    // async workers.
     let result =
-        tokio::task::spawn_blocking(move || reload_model(&shared, request.path.as_deref())).await;
+        tokio::task::spawn_blocking(move || service.reload(request.path.as_deref())).await;
     match result {
         Ok(Ok(model)) => (
             StatusCode::OK,

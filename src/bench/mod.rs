@@ -1,15 +1,19 @@
-//! `streamscore bench`: end-to-end figures of the real service against a broker.
+//! `streamscore bench`: end-to-end figures of the real service against a broker, next to
+//! references measured in the same run.
 //!
 //! The service under test is this same binary running `serve` as a child process, so its
 //! CPU time and peak RSS are its own (read from /proc), not the load generator's. Throughput
-//! mode pre-loads N records, then runs the pipeline twice over them: with the model, and
-//! with an identity model (a one-leaf forest: decode and encode, no real scoring), the
-//! ceiling the model is compared against. Latency mode produces at a fixed rate and measures
-//! each record from its send time (carried in its `id`) to the moment its output is read.
+//! mode pre-loads N records, then reads them all with: the loopback ceiling (the service's
+//! client settings, records copied with nothing in between), the service with the model,
+//! the service with an identity model (what the model itself costs), and the Python peer the
+//! service replaces, bytes only and with scikit-learn (when `bench/peers/setup.sh` has made
+//! its environment). Latency mode produces at a fixed rate and measures each record from
+//! its send time (carried in its `id`) to the moment its output is read.
 
-use std::net::SocketAddr;
+mod child;
+mod references;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -22,7 +26,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use child::{batch_latency_ms, http_get, metric_sum, process_usage, spawn_service, wait_ready};
+use references::ReferenceFigures;
 
 use crate::model::forest::{NodeSpec, TreeSpec};
 use crate::model::{ForestSpec, ModelBody, ModelFile};
@@ -71,6 +77,7 @@ struct RunFigures {
     batch_latency_p50_ms: f64,
     batch_latency_p99_ms: f64,
     cpu_seconds: f64,
+    cpu_us_per_record: f64,
     peak_rss_mb: f64,
     start_to_ready_ms: f64,
 }
@@ -80,9 +87,14 @@ struct ThroughputReport {
     broker: String,
     partitions: i32,
     preload_records_per_second: f64,
+    ceiling: ReferenceFigures,
     forest: RunFigures,
     identity: RunFigures,
+    python_copy: Option<ReferenceFigures>,
+    python_sklearn: Option<ReferenceFigures>,
     forest_over_ceiling: f64,
+    forest_over_python_sklearn: Option<f64>,
+    forest_over_identity: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,6 +152,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
         let preload_rate = preload(&brokers, &topics.input, records).await?;
+        let ceiling = {
+            let (brokers, input, output) =
+                (brokers.clone(), topics.input.clone(), topics.ceiling_out.clone());
+            tokio::task::spawn_blocking(move || {
+                references::loopback_ceiling(&brokers, &input, &output, records)
+            })
+            .await??
+        };
         let forest = serve_until_done(
             args,
             &brokers,
@@ -158,13 +178,39 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             records,
         )
         .await?;
+        let repo = std::env::current_dir()?;
+        let (python_copy, python_sklearn) = match references::python_peer_interpreter(&repo) {
+            None => {
+                eprintln!("no Python peer: run bench/peers/setup.sh to measure against it");
+                (None, None)
+            }
+            Some(python) => {
+                let run = |copy: bool, output: String| {
+                    let (python, repo, brokers, input) =
+                        (python.clone(), repo.clone(), brokers.clone(), topics.input.clone());
+                    tokio::task::spawn_blocking(move || {
+                        references::python_peer(&python, &repo, &brokers, &input, &output, records, copy)
+                    })
+                };
+                let copy = run(true, topics.peer_copy_out.clone()).await??;
+                let sklearn = run(false, topics.peer_sklearn_out.clone()).await??;
+                (Some(copy), Some(sklearn))
+            }
+        };
         let report = ThroughputReport {
             broker: brokers.clone(),
             partitions: args.partitions,
             preload_records_per_second: preload_rate,
-            forest_over_ceiling: forest.records_per_second / identity.records_per_second,
+            forest_over_ceiling: forest.records_per_second / ceiling.records_per_second,
+            forest_over_python_sklearn: python_sklearn
+                .as_ref()
+                .map(|p| forest.records_per_second / p.records_per_second),
+            forest_over_identity: forest.records_per_second / identity.records_per_second,
+            ceiling,
             forest,
             identity,
+            python_copy,
+            python_sklearn,
         };
         print_throughput(&report, args.json)?;
     }
@@ -174,8 +220,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 struct BenchTopics {
     input: String,
+    ceiling_out: String,
     forest_out: String,
     identity_out: String,
+    peer_copy_out: String,
+    peer_sklearn_out: String,
     dead_letters: String,
 }
 
@@ -183,17 +232,23 @@ impl BenchTopics {
     fn new(run_id: &str) -> Self {
         Self {
             input: format!("bench-in-{run_id}"),
+            ceiling_out: format!("bench-ceiling-{run_id}"),
             forest_out: format!("bench-forest-{run_id}"),
             identity_out: format!("bench-identity-{run_id}"),
+            peer_copy_out: format!("bench-peer-copy-{run_id}"),
+            peer_sklearn_out: format!("bench-peer-sklearn-{run_id}"),
             dead_letters: format!("bench-dlq-{run_id}"),
         }
     }
 
-    fn all(&self) -> [&str; 4] {
+    fn all(&self) -> [&str; 7] {
         [
             &self.input,
+            &self.ceiling_out,
             &self.forest_out,
             &self.identity_out,
+            &self.peer_copy_out,
+            &self.peer_sklearn_out,
             &self.dead_letters,
         ]
     }
@@ -289,161 +344,6 @@ async fn preload(brokers: &str, topic: &str, n: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-struct ServiceChild {
-    child: Child,
-    http: SocketAddr,
-    started: Instant,
-}
-
-impl Drop for ServiceChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_service(
-    args: &BenchArgs,
-    brokers: &str,
-    topics: &BenchTopics,
-    output: &str,
-    model: &Path,
-) -> anyhow::Result<ServiceChild> {
-    let http: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let started = Instant::now();
-    let child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--model"])
-        .arg(model)
-        .args(["--http-addr", &http.to_string()])
-        .args(["--max-batch", &args.max_batch.to_string()])
-        .args(["--batch-interval", &args.batch_interval])
-        .env("STREAMSCORE_BROKERS", brokers)
-        .env("STREAMSCORE_INPUT_TOPIC", &topics.input)
-        .env("STREAMSCORE_OUTPUT_TOPIC", output)
-        .env("STREAMSCORE_DEAD_LETTER_TOPIC", &topics.dead_letters)
-        .env("STREAMSCORE_GROUP", format!("bench-{output}"))
-        .env("STREAMSCORE_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the service")?;
-    Ok(ServiceChild {
-        child,
-        http,
-        started,
-    })
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
-async fn wait_ready(child: &mut ServiceChild, timeout: Duration) -> anyhow::Result<Duration> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some((200, _)) = http_get(child.http, "/readyz").await {
-            return Ok(child.started.elapsed());
-        }
-        if let Some(status) = child.child.try_wait()? {
-            bail!("the service exited during start-up: {status}");
-        }
-        if Instant::now() > deadline {
-            bail!("the service was not ready within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A quantile of a Prometheus histogram, interpolated linearly inside its bucket.
-fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
-    let mut buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&format!("{name}_bucket{{le=\""))?;
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    if total == 0.0 {
-        return 0.0;
-    }
-    let target = q * total;
-    let (mut lower_le, mut lower_count) = (0.0, 0.0);
-    for (le, count) in buckets {
-        if count >= target {
-            if le.is_infinite() {
-                return lower_le;
-            }
-            let fraction = if count > lower_count {
-                (target - lower_count) / (count - lower_count)
-            } else {
-                0.0
-            };
-            return lower_le + (le - lower_le) * fraction;
-        }
-        (lower_le, lower_count) = (le, count);
-    }
-    lower_le
-}
-
-/// A quantile of the service's batch-latency histogram, in milliseconds.
-fn batch_latency_ms(metrics: &str, q: f64) -> f64 {
-    histogram_quantile(metrics, "streamscore_batch_latency_seconds", q) * 1e3
-}
-
-/// CPU seconds (user + system) and peak RSS in MB of a live process, from /proc.
-fn process_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
-    // USER_HZ is 100 on every Linux this runs on.
-    const TICKS_PER_SECOND: f64 = 100.0;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let after = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let cpu = (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    Ok((cpu, hwm_kb / 1024.0))
-}
-
 async fn serve_until_done(
     args: &BenchArgs,
     brokers: &str,
@@ -483,6 +383,7 @@ async fn serve_until_done(
         batch_latency_p50_ms: batch_latency_ms(&metrics, 0.5),
         batch_latency_p99_ms: batch_latency_ms(&metrics, 0.99),
         cpu_seconds,
+        cpu_us_per_record: cpu_seconds * 1e6 / records.max(1) as f64,
         peak_rss_mb,
         start_to_ready_ms: ready.as_secs_f64() * 1e3,
     })
@@ -592,32 +493,46 @@ fn print_throughput(r: &ThroughputReport, json: bool) -> anyhow::Result<()> {
         r.broker, r.partitions, r.preload_records_per_second
     );
     println!(
-        "{:<10} {:>10} {:>9} {:>12} {:>10} {:>10} {:>9} {:>9} {:>11}",
-        "run",
-        "records",
-        "seconds",
-        "records/s",
-        "batch p50",
-        "batch p99",
-        "cpu s",
-        "peak MB",
-        "ready ms"
+        "{:<46} {:>9} {:>8} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "run", "records", "seconds", "records/s", "cpu µs/r", "batch p50", "batch p99", "peak MB", "ready ms"
     );
-    for (name, f) in [("forest", &r.forest), ("identity", &r.identity)] {
+    let reference = |f: &ReferenceFigures| {
         println!(
-            "{:<10} {:>10} {:>9.2} {:>12.0} {:>8.1}ms {:>8.1}ms {:>9.2} {:>9.1} {:>11.0}",
+            "{:<46} {:>9} {:>8.2} {:>11.0} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            f.name,
+            f.records,
+            f.seconds,
+            f.records_per_second,
+            f.cpu_us_per_record.map_or("-".into(), |c| format!("{c:.2}")),
+            "-",
+            "-",
+            "-",
+            "-"
+        )
+    };
+    reference(&r.ceiling);
+    for (name, f) in [("streamscore, forest", &r.forest), ("streamscore, identity model", &r.identity)] {
+        println!(
+            "{:<46} {:>9} {:>8.2} {:>11.0} {:>9.2} {:>7.1}ms {:>7.1}ms {:>8.1} {:>8.0}",
             name,
             f.records,
             f.seconds,
             f.records_per_second,
+            f.cpu_us_per_record,
             f.batch_latency_p50_ms,
             f.batch_latency_p99_ms,
-            f.cpu_seconds,
             f.peak_rss_mb,
             f.start_to_ready_ms
         );
     }
-    println!("forest / identity ceiling: {:.3}", r.forest_over_ceiling);
+    for f in [&r.python_copy, &r.python_sklearn].into_iter().flatten() {
+        reference(f);
+    }
+    println!("forest / loopback ceiling: {:.3}", r.forest_over_ceiling);
+    if let Some(ratio) = r.forest_over_python_sklearn {
+        println!("forest / python + scikit-learn: {ratio:.2}");
+    }
+    println!("forest / identity model: {:.3}", r.forest_over_identity);
     Ok(())
 }
 
@@ -643,6 +558,7 @@ fn print_latency(r: &LatencyReport, json: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::child::{histogram_quantile, metric_sum};
     use super::*;
 
     #[test]

@@ -1,11 +1,15 @@
-//! `streamscore serve`: the pipeline and the HTTP side port, wired to signals.
+//! `streamscore serve`: the pipeline and the HTTP side port, wired to signals, around one
+//! owner of the service's state (`state`).
 //!
 //! One cancellation token is the shutdown signal for everything (the mini-redis shape):
 //! SIGTERM/SIGINT cancel it, the pipeline finishes the batch it holds, flushes and commits,
 //! and the HTTP server stops taking requests.
 
+pub mod http;
+pub mod state;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -14,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::ServeArgs;
-use crate::http::{self, HttpState};
-use crate::metrics::Metrics;
-use crate::model::{LoadedModel, ModelError, ModelStore};
-use crate::pipeline::{self, source::Assignment, PipelineConfig, Shared};
+use crate::model::ModelStore;
+use crate::pipeline::{self, PipelineConfig};
+use http::HttpState;
+use state::ServiceState;
 
 pub const ADMIN_TOKEN_ENV: &str = "STREAMSCORE_ADMIN_TOKEN";
 
@@ -47,7 +51,7 @@ impl ServiceConfig {
 /// A running service: its HTTP address, its shared state, and the handle that stops it.
 pub struct ServiceHandle {
     pub http_addr: SocketAddr,
-    pub shared: Arc<Shared>,
+    pub state: Arc<ServiceState>,
     pub shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -69,15 +73,9 @@ impl ServiceHandle {
 pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
     let store = ModelStore::open(&config.model, config.allow_kind_change)
         .with_context(|| format!("loading model {}", config.model.display()))?;
-    let metrics = Arc::new(Metrics::new());
     let model = store.current();
-    metrics.set_model(&model.kind().to_string(), &model.version);
     info!(kind = %model.kind(), version = %model.version, path = %config.model.display(), "model loaded");
-    let shared = Arc::new(Shared {
-        store: Arc::new(store),
-        metrics,
-        assignment: Arc::new(Assignment::default()),
-    });
+    let state = ServiceState::new(store);
 
     let listener = http::bind(config.http_addr)
         .await
@@ -87,16 +85,16 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
 
     let shutdown = CancellationToken::new();
     let http_state = HttpState {
-        shared: Arc::clone(&shared),
+        state: Arc::clone(&state),
         admin_token: config.admin_token.map(Arc::from),
     };
     let http_stop = shutdown.child_token();
     let http_task = tokio::spawn(http::serve(listener, http_state, http_stop.clone()));
 
-    let pipeline_shared = Arc::clone(&shared);
+    let pipeline_state = Arc::clone(&state);
     let pipeline_stop = shutdown.clone();
     let task = tokio::spawn(async move {
-        let result = pipeline::run(config.pipeline, &pipeline_shared, pipeline_stop).await;
+        let result = pipeline::run(config.pipeline, pipeline_state, pipeline_stop).await;
         // The side port lives exactly as long as the pipeline: a stopped pipeline must
         // not keep reporting ready.
         http_stop.cancel();
@@ -109,37 +107,17 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
     });
     Ok(ServiceHandle {
         http_addr,
-        shared,
+        state,
         shutdown,
         task,
     })
-}
-
-/// Reloads the model (the configured file, or `path` in its directory) and records the
-/// outcome; shared by `POST /model/reload` and SIGHUP.
-pub fn reload_model(shared: &Shared, path: Option<&Path>) -> Result<Arc<LoadedModel>, ModelError> {
-    match shared.store.reload(path) {
-        Ok(model) => {
-            shared.metrics.reloads.with_label_values(&["ok"]).inc();
-            shared
-                .metrics
-                .set_model(&model.kind().to_string(), &model.version);
-            info!(kind = %model.kind(), version = %model.version, "model reloaded");
-            Ok(model)
-        }
-        Err(e) => {
-            shared.metrics.reloads.with_label_values(&["failed"]).inc();
-            warn!(error = %e, "model reload refused; the previous model keeps scoring");
-            Err(e)
-        }
-    }
 }
 
 /// `streamscore serve`: runs until SIGTERM/SIGINT, reloading on SIGHUP.
 pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let handle = start(ServiceConfig::from_args(args)).await?;
     let signals = tokio::spawn(handle_signals(
-        Arc::clone(&handle.shared),
+        Arc::clone(&handle.state),
         handle.shutdown.clone(),
     ));
     let result = handle.wait().await;
@@ -148,7 +126,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(unix)]
-async fn handle_signals(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn handle_signals(state: Arc<ServiceState>, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -163,9 +141,9 @@ async fn handle_signals(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                let shared = Arc::clone(&shared);
+                let state = Arc::clone(&state);
                 // A failed reload is already logged and counted; the old model stays.
-                let _ = tokio::task::spawn_blocking(move || reload_model(&shared, None)).await;
+                let _ = tokio::task::spawn_blocking(move || state.reload(None)).await;
             }
         }
     }
@@ -174,7 +152,7 @@ async fn handle_signals(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 #[cfg(not(unix))]
-async fn handle_signals(_shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn handle_signals(_state: Arc<ServiceState>, shutdown: CancellationToken) {
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
 }

@@ -1,0 +1,94 @@
+//! At-least-once delivery, the default: score and produce batch after batch on the scoring
+//! thread while the commit stage confirms and commits them in order on its own. At most
+//! `in_flight.capacity()` batches are produced but uncommitted at any moment; that is what
+//! a crash can repeat.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::acks::BatchAcks;
+use super::batch::Batcher;
+use super::commit::{next_offsets, CommitStage, ProducedBatch};
+use super::in_flight::InFlight;
+use super::sink::Sink;
+use super::source::Consumer;
+use super::{inputs_of, PipelineConfig, Stop};
+use crate::service::state::ServiceState;
+use crate::transform::transform_batch;
+
+/// How often a wait for a free in-flight slot checks whether it should give up.
+const SLOT_POLL: Duration = Duration::from_millis(50);
+
+pub fn run(
+    config: &PipelineConfig,
+    state: &Arc<ServiceState>,
+    consumer: &Arc<Consumer>,
+    sink: &Arc<Sink>,
+    in_flight: &Arc<InFlight>,
+    stop: &Stop,
+) -> anyhow::Result<()> {
+    let (to_commit, produced) = mpsc::channel::<ProducedBatch>();
+    let commit_failed = Arc::new(AtomicBool::new(false));
+    let committer = {
+        let stage = CommitStage {
+            consumer: Arc::clone(consumer),
+            sink: Arc::clone(sink),
+            state: Arc::clone(state),
+            input_topic: config.input_topic.clone(),
+        };
+        let failed = Arc::clone(&commit_failed);
+        std::thread::Builder::new()
+            .name("commit".into())
+            .spawn(move || {
+                let result = stage.run(produced);
+                if result.is_err() {
+                    failed.store(true, Ordering::Release);
+                }
+                result
+            })
+            .context("starting the commit thread")?
+    };
+    let give_up = || stop.requested() || commit_failed.load(Ordering::Acquire);
+    let batcher = Batcher::new(config.batch_limits());
+    let metrics = &state.metrics;
+    let scoring = (|| {
+        while let Some(batch) = batcher.next(&**consumer, give_up) {
+            let model = state.store.current();
+            let outcomes = transform_batch(
+                &model,
+                &inputs_of(&batch.records),
+                config.max_record_bytes,
+            );
+            let Some(slot) = in_flight.acquire(SLOT_POLL, give_up) else {
+                break;
+            };
+            let acks = Arc::new(BatchAcks::new(batch.records.len()));
+            let destinations = sink.send_batch(&batch.records, &outcomes, &acks, give_up)?;
+            metrics.records_in.inc_by(batch.records.len() as u64);
+            metrics.batch_size.observe(batch.records.len() as f64);
+            let produced = ProducedBatch {
+                acks,
+                offsets: next_offsets(&batch.records),
+                destinations,
+                opened: batch.opened,
+                model_version: Arc::from(model.version.as_str()),
+                slot,
+            };
+            if to_commit.send(produced).is_err() {
+                break;
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })();
+    // Hanging up lets the commit stage finish what it holds and return.
+    drop(to_commit);
+    let committed = match committer.join() {
+        Ok(result) => result,
+        Err(_) => Err(anyhow::anyhow!("the commit thread panicked")),
+    };
+    committed.context("a batch could not be delivered; its offsets stay uncommitted")?;
+    scoring
+}

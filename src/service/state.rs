@@ -1,0 +1,163 @@
+//! The service's state, owned in one place and handed to every task that needs it: the
+//! model store, the metrics, the partitions this instance owns, and whether the pipeline can
+//! still make progress. The pipeline writes it, the side port reads it, and a reload goes
+//! through it, so neither side has to reach into the other.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::model::{LoadedModel, ModelError, ModelStore};
+
+pub struct ServiceState {
+    pub store: ModelStore,
+    pub metrics: Metrics,
+    pub assignment: Assignment,
+    pub health: Health,
+}
+
+impl ServiceState {
+    pub fn new(store: ModelStore) -> Arc<Self> {
+        let metrics = Metrics::new();
+        let model = store.current();
+        metrics.set_model(&model.kind().to_string(), &model.version);
+        Arc::new(Self {
+            store,
+            metrics,
+            assignment: Assignment::default(),
+            health: Health::default(),
+        })
+    }
+
+    /// Reloads the model (the configured file, or `path` in its directory) and records the
+    /// outcome; shared by `POST /model/reload` and SIGHUP.
+    pub fn reload(&self, path: Option<&std::path::Path>) -> Result<Arc<LoadedModel>, ModelError> {
+        match self.store.reload(path) {
+            Ok(model) => {
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .set_model(&model.kind().to_string(), &model.version);
+                info!(kind = %model.kind(), version = %model.version, "model reloaded");
+                Ok(model)
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failed"]).inc();
+                warn!(error = %e, "model reload refused; the previous model keeps scoring");
+                Err(e)
+            }
+        }
+    }
+
+    /// Ready: the group has answered and nothing has stopped the pipeline.
+    pub fn ready(&self) -> Result<(), String> {
+        if let Some(reason) = self.health.failure() {
+            return Err(reason);
+        }
+        if !self.assignment.received() {
+            return Err("waiting for the consumer group to assign partitions".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which input partitions this instance owns. The rebalance callbacks write it; the batcher
+/// and `/readyz` read it.
+#[derive(Default)]
+pub struct Assignment {
+    partitions: Mutex<BTreeSet<i32>>,
+    /// Bumped on every change, so a reader can tell that its view may be stale.
+    generation: AtomicU64,
+    /// Set by the first assignment, even an empty one: the group has answered.
+    received: AtomicBool,
+}
+
+impl Assignment {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn owns(&self, partition: i32) -> bool {
+        self.lock().contains(&partition)
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn partitions(&self) -> Vec<i32> {
+        self.lock().iter().copied().collect()
+    }
+
+    pub fn received(&self) -> bool {
+        self.received.load(Ordering::Acquire)
+    }
+
+    pub fn assign(&self, partitions: impl IntoIterator<Item = i32>) {
+        self.lock().extend(partitions);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.received.store(true, Ordering::Release);
+    }
+
+    pub fn revoke(&self, partitions: impl IntoIterator<Item = i32>) {
+        let mut owned = self.lock();
+        for p in partitions {
+            owned.remove(&p);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<i32>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Set once when the pipeline hits an error it cannot recover from: readiness goes false
+/// at that moment, before the process has finished shutting down.
+#[derive(Default)]
+pub struct Health {
+    failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn fail(&self, reason: impl Into<String>) {
+        let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| reason.into());
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignment_tracks_changes_and_first_answer() {
+        let a = Assignment::default();
+        assert!(!a.received());
+        let g0 = a.generation();
+        a.assign([]);
+        assert!(a.received(), "an empty assignment is still an answer");
+        a.assign([0, 2]);
+        a.revoke([0]);
+        assert_eq!(a.partitions(), vec![2]);
+        assert!(a.generation() >= g0 + 3);
+    }
+
+    #[test]
+    fn the_first_failure_is_kept() {
+        let h = Health::default();
+        assert_eq!(h.failure(), None);
+        h.fail("fenced");
+        h.fail("later");
+        assert_eq!(h.failure().as_deref(), Some("fenced"));
+    }
+}
