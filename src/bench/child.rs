@@ -165,4 +165,3 @@ pub fn process_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
         .unwrap_or(0.0);
     Ok((cpu, hwm_kb / 1024.0))
 }
-

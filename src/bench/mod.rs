@@ -153,8 +153,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         let preload_rate = preload(&brokers, &topics.input, records).await?;
         let ceiling = {
-            let (brokers, input, output) =
-                (brokers.clone(), topics.input.clone(), topics.ceiling_out.clone());
+            let (brokers, input, output) = (
+                brokers.clone(),
+                topics.input.clone(),
+                topics.ceiling_out.clone(),
+            );
             tokio::task::spawn_blocking(move || {
                 references::loopback_ceiling(&brokers, &input, &output, records)
             })
@@ -186,10 +189,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
             Some(python) => {
                 let run = |copy: bool, output: String| {
-                    let (python, repo, brokers, input) =
-                        (python.clone(), repo.clone(), brokers.clone(), topics.input.clone());
+                    let (python, repo, brokers, input) = (
+                        python.clone(),
+                        repo.clone(),
+                        brokers.clone(),
+                        topics.input.clone(),
+                    );
                     tokio::task::spawn_blocking(move || {
-                        references::python_peer(&python, &repo, &brokers, &input, &output, records, copy)
+                        references::python_peer(
+                            &python, &repo, &brokers, &input, &output, records, copy,
+                        )
                     })
                 };
                 let copy = run(true, topics.peer_copy_out.clone()).await??;
@@ -494,7 +503,15 @@ fn print_throughput(r: &ThroughputReport, json: bool) -> anyhow::Result<()> {
     );
     println!(
         "{:<46} {:>9} {:>8} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8}",
-        "run", "records", "seconds", "records/s", "cpu µs/r", "batch p50", "batch p99", "peak MB", "ready ms"
+        "run",
+        "records",
+        "seconds",
+        "records/s",
+        "cpu µs/r",
+        "batch p50",
+        "batch p99",
+        "peak MB",
+        "ready ms"
     );
     let reference = |f: &ReferenceFigures| {
         println!(
@@ -503,7 +520,8 @@ fn print_throughput(r: &ThroughputReport, json: bool) -> anyhow::Result<()> {
             f.records,
             f.seconds,
             f.records_per_second,
-            f.cpu_us_per_record.map_or("-".into(), |c| format!("{c:.2}")),
+            f.cpu_us_per_record
+                .map_or("-".into(), |c| format!("{c:.2}")),
             "-",
             "-",
             "-",
@@ -511,7 +529,10 @@ fn print_throughput(r: &ThroughputReport, json: bool) -> anyhow::Result<()> {
         )
     };
     reference(&r.ceiling);
-    for (name, f) in [("streamscore, forest", &r.forest), ("streamscore, identity model", &r.identity)] {
+    for (name, f) in [
+        ("streamscore, forest", &r.forest),
+        ("streamscore, identity model", &r.identity),
+    ] {
         println!(
             "{:<46} {:>9} {:>8.2} {:>11.0} {:>9.2} {:>7.1}ms {:>7.1}ms {:>8.1} {:>8.0}",
             name,

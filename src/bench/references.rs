@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::source::consumer_settings;
 use crate::pipeline::sink::producer_settings;
+use crate::pipeline::source::consumer_settings;
 use crate::pipeline::{PipelineConfig, DEFAULT_MAX_BATCH_BYTES};
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,8 +57,7 @@ pub fn loopback_ceiling(
 ) -> anyhow::Result<ReferenceFigures> {
     let config = settings(brokers, input, output, &format!("bench-ceiling-{output}"));
     let consumer: BaseConsumer = consumer_settings(&config).create()?;
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        producer_settings(&config).create()?;
+    let producer: ThreadedProducer<DefaultProducerContext> = producer_settings(&config).create()?;
     consumer.subscribe(&[input])?;
     let deadline = Instant::now() + Duration::from_secs(3600);
     let mut first: Option<Instant> = None;

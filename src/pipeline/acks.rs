@@ -99,7 +99,15 @@ mod tests {
         let t = std::thread::spawn(move || {
             remote.failed(Failure {
                 error: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                record: OwnedMessage::new(None, None, "out".into(), Timestamp::NotAvailable, 0, -1, None),
+                record: OwnedMessage::new(
+                    None,
+                    None,
+                    "out".into(),
+                    Timestamp::NotAvailable,
+                    0,
+                    -1,
+                    None,
+                ),
             });
             remote.delivered();
         });

@@ -57,11 +57,8 @@ pub fn run(
     let scoring = (|| {
         while let Some(batch) = batcher.next(&**consumer, give_up) {
             let model = state.store.current();
-            let outcomes = transform_batch(
-                &model,
-                &inputs_of(&batch.records),
-                config.max_record_bytes,
-            );
+            let outcomes =
+                transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
             let Some(slot) = in_flight.acquire(SLOT_POLL, give_up) else {
                 break;
             };

@@ -130,8 +130,7 @@ impl Batcher {
                 None => true,
             };
             let Some(started) = opened else { continue };
-            let full =
-                records.len() >= self.limits.max_records || bytes >= self.limits.max_bytes;
+            let full = records.len() >= self.limits.max_records || bytes >= self.limits.max_bytes;
             let window_over = if self.limits.interval.is_zero() {
                 nothing_ready
             } else {
@@ -248,10 +247,18 @@ mod tests {
         let batch = batcher.next(&script, until_exhausted(&script)).unwrap();
         assert_eq!(positions(&batch), vec![(0, 1), (0, 2)]);
 
-        let script = Script::new(vec![Step::Record(0, 1, 600), Step::Record(0, 2, 600), Step::Record(0, 3, 1)]);
+        let script = Script::new(vec![
+            Step::Record(0, 1, 600),
+            Step::Record(0, 2, 600),
+            Step::Record(0, 3, 1),
+        ]);
         let batcher = Batcher::new(limits(60_000, 1000, 1000));
         let batch = batcher.next(&script, until_exhausted(&script)).unwrap();
-        assert_eq!(positions(&batch), vec![(0, 1), (0, 2)], "closes once it holds 1,000 bytes");
+        assert_eq!(
+            positions(&batch),
+            vec![(0, 1), (0, 2)],
+            "closes once it holds 1,000 bytes"
+        );
     }
 
     #[test]
@@ -268,7 +275,10 @@ mod tests {
         assert_eq!(positions(&batch), vec![(1, 7), (1, 8)]);
         let polls = script.polls.borrow();
         assert_eq!(polls[0], IDLE_POLL, "waits while no batch is open");
-        assert!(polls[2..].iter().all(|t| t.is_zero()), "never waits once one is: {polls:?}");
+        assert!(
+            polls[2..].iter().all(|t| t.is_zero()),
+            "never waits once one is: {polls:?}"
+        );
     }
 
     #[test]

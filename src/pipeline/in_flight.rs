@@ -100,8 +100,12 @@ mod tests {
     #[test]
     fn the_bound_is_the_capacity_and_a_dropped_guard_frees_its_slot() {
         let in_flight = InFlight::new(2);
-        let a = in_flight.acquire(Duration::from_millis(1), || false).unwrap();
-        let _b = in_flight.acquire(Duration::from_millis(1), || false).unwrap();
+        let a = in_flight
+            .acquire(Duration::from_millis(1), || false)
+            .unwrap();
+        let _b = in_flight
+            .acquire(Duration::from_millis(1), || false)
+            .unwrap();
         let mut asked = 0;
         assert!(in_flight
             .acquire(Duration::from_millis(1), || {
@@ -120,7 +124,9 @@ mod tests {
     #[test]
     fn draining_waits_for_guards_dropped_elsewhere() {
         let in_flight = InFlight::new(4);
-        let guard = in_flight.acquire(Duration::from_millis(1), || false).unwrap();
+        let guard = in_flight
+            .acquire(Duration::from_millis(1), || false)
+            .unwrap();
         assert!(!in_flight.wait_drained(Duration::from_millis(10)));
         let t = std::thread::spawn(move || drop(guard));
         assert!(in_flight.wait_drained(Duration::from_secs(10)));

@@ -125,7 +125,11 @@ fn run_blocking(
         Guarantee::AtLeastOnce => MAX_BATCHES_IN_FLIGHT,
         Guarantee::ExactlyOnce { .. } => 1,
     });
-    let context = SourceContext::new(&config.input_topic, Arc::clone(state), Arc::clone(&in_flight));
+    let context = SourceContext::new(
+        &config.input_topic,
+        Arc::clone(state),
+        Arc::clone(&in_flight),
+    );
     let consumer = Arc::new(create_consumer(config, context).context("creating the consumer")?);
     consumer
         .subscribe(&[&config.input_topic])

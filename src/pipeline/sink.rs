@@ -102,8 +102,9 @@ impl Sink {
         for (sent, (input, outcome)) in inputs.iter().zip(outcomes).enumerate() {
             let result = match outcome {
                 Outcome::Scored(value) => {
-                    let mut record = BaseRecord::with_opaque_to(&self.output_topic, Arc::clone(acks))
-                        .payload(value.as_slice());
+                    let mut record =
+                        BaseRecord::with_opaque_to(&self.output_topic, Arc::clone(acks))
+                            .payload(value.as_slice());
                     if let Some(key) = input.key() {
                         record = record.key(key);
                     }

@@ -98,10 +98,11 @@ impl Transactional for KafkaTransactions<'_> {
             kind: TxnErrorKind::Abortable,
             message: "the consumer has no group metadata yet".into(),
         })?;
-        Ok(self
-            .sink
-            .producer()
-            .send_offsets_to_transaction(offsets, &metadata, TXN_CALL_TIMEOUT)?)
+        Ok(self.sink.producer().send_offsets_to_transaction(
+            offsets,
+            &metadata,
+            TXN_CALL_TIMEOUT,
+        )?)
     }
 
     fn commit(&self) -> Result<(), TxnError> {
@@ -113,13 +114,19 @@ impl Transactional for KafkaTransactions<'_> {
     }
 
     fn rewind(&self, to: &TopicPartitionList) -> Result<(), TxnError> {
-        let result = self.consumer.seek_partitions(to.clone(), TXN_CALL_TIMEOUT)?;
+        let result = self
+            .consumer
+            .seek_partitions(to.clone(), TXN_CALL_TIMEOUT)?;
         // A seek reports per-partition failures inside the returned list, not as an error:
         // a partition left unrewound would skip the aborted batch's records.
         let failed: Vec<String> = result
             .elements()
             .iter()
-            .filter_map(|e| e.error().err().map(|err| format!("{}: {err}", e.partition())))
+            .filter_map(|e| {
+                e.error()
+                    .err()
+                    .map(|err| format!("{}: {err}", e.partition()))
+            })
             .collect();
         if failed.is_empty() {
             return Ok(());
@@ -136,10 +143,7 @@ impl Transactional for KafkaTransactions<'_> {
 }
 
 /// Calls `op` until it succeeds, fails for good, or runs out of retriable attempts.
-fn with_retries(
-    what: &str,
-    mut op: impl FnMut() -> Result<(), TxnError>,
-) -> Result<(), TxnError> {
+fn with_retries(what: &str, mut op: impl FnMut() -> Result<(), TxnError>) -> Result<(), TxnError> {
     let mut attempt = 1;
     loop {
         match op() {
@@ -162,10 +166,7 @@ pub fn init(sink: &Sink) -> anyhow::Result<()> {
 }
 
 /// Per partition, the first offset of the batch: where to rewind after an abort.
-pub fn first_offsets<M: Message>(
-    topic: &str,
-    records: &[M],
-) -> anyhow::Result<TopicPartitionList> {
+pub fn first_offsets<M: Message>(topic: &str, records: &[M]) -> anyhow::Result<TopicPartitionList> {
     let mut first: BTreeMap<i32, i64> = BTreeMap::new();
     for r in records {
         let slot = first.entry(r.partition()).or_insert(i64::MAX);
@@ -310,10 +311,7 @@ mod tests {
     #[test]
     fn a_batch_is_begin_produce_offsets_commit() {
         let script = Script::default();
-        assert_eq!(
-            run(&script, &batch()).unwrap(),
-            BatchResult::Committed
-        );
+        assert_eq!(run(&script, &batch()).unwrap(), BatchResult::Committed);
         assert_eq!(
             *script.calls.borrow(),
             vec!["begin", "produce 5", "send_offsets 0:13,1:6", "commit"]
@@ -348,10 +346,7 @@ mod tests {
             .fail_offsets_with
             .borrow_mut()
             .push(failure(TxnErrorKind::Retriable));
-        assert_eq!(
-            run(&script, &batch()).unwrap(),
-            BatchResult::Committed
-        );
+        assert_eq!(run(&script, &batch()).unwrap(), BatchResult::Committed);
         assert_eq!(
             *script.calls.borrow(),
             vec![

@@ -116,8 +116,7 @@ async fn reload(
     let service = Arc::clone(&state.state);
     // Reading and compiling a model is blocking file and CPU work: keep it off the
     // async workers.
-    let result =
-        tokio::task::spawn_blocking(move || service.reload(request.path.as_deref())).await;
+    let result = tokio::task::spawn_blocking(move || service.reload(request.path.as_deref())).await;
     match result {
         Ok(Ok(model)) => (
             StatusCode::OK,
