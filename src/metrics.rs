@@ -21,6 +21,7 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
     pub assigned_partitions: IntGauge,
+    pub last_commit: prometheus::Gauge,
 }
 
 fn register<T: Collector + Clone + 'static>(
@@ -141,6 +142,13 @@ impl Metrics {
                 IntGauge::new(
                     ns("assigned_partitions"),
                     "Input partitions assigned to this instance",
+                ),
+            ),
+            last_commit: register(
+                &r,
+                prometheus::Gauge::new(
+                    ns("last_commit_timestamp_seconds"),
+                    "Unix time of the last batch whose outputs were acknowledged and offsets committed",
                 ),
             ),
             registry: r,

@@ -71,19 +71,36 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-pub async fn wait_ready(child: &mut ServiceChild, timeout: Duration) -> anyhow::Result<Duration> {
+/// From process start to the side port answering (model loaded, HTTP up), and to `/readyz`
+/// 200 (the group has assigned partitions: that part is the broker's).
+pub struct StartUp {
+    pub serving: Duration,
+    pub ready: Duration,
+}
+
+pub async fn wait_ready(child: &mut ServiceChild, timeout: Duration) -> anyhow::Result<StartUp> {
+    let serving = wait_for(child, "/healthz", timeout).await?;
+    let ready = wait_for(child, "/readyz", timeout).await?;
+    Ok(StartUp { serving, ready })
+}
+
+async fn wait_for(
+    child: &mut ServiceChild,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some((200, _)) = http_get(child.http, "/readyz").await {
+        if let Some((200, _)) = http_get(child.http, path).await {
             return Ok(child.started.elapsed());
         }
         if let Some(status) = child.child.try_wait()? {
             bail!("the service exited during start-up: {status}");
         }
         if Instant::now() > deadline {
-            bail!("the service was not ready within {timeout:?}");
+            bail!("the service did not answer {path} with 200 within {timeout:?}");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

@@ -48,8 +48,6 @@ pub struct Batch<R> {
     pub records: Vec<R>,
     /// When the first record arrived; batch latency is measured from here.
     pub opened: Instant,
-    /// Time spent waiting in the consumer's poll while the batch was open.
-    pub polling: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,24 +81,26 @@ impl Batcher {
         let mut records: Vec<S::Record<'s>> = Vec::new();
         let mut bytes = 0usize;
         let mut opened: Option<Instant> = None;
-        let mut polling = Duration::ZERO;
         loop {
             if stop() {
-                return opened.map(|opened| Batch {
-                    records,
-                    opened,
-                    polling,
-                });
+                return opened.map(|opened| Batch { records, opened });
             }
+            // One clock read per poll serves both the poll's timeout and the window check.
+            let now = Instant::now();
             let timeout = match opened {
                 None => IDLE_POLL,
-                Some(t) => (t + self.limits.interval).saturating_duration_since(Instant::now()),
+                Some(started) => {
+                    let deadline = started + self.limits.interval;
+                    if now >= deadline && !self.limits.interval.is_zero() {
+                        return Some(Batch {
+                            records,
+                            opened: started,
+                        });
+                    }
+                    deadline.saturating_duration_since(now)
+                }
             };
-            let poll_started = Instant::now();
             let polled = source.poll(timeout);
-            if opened.is_some() {
-                polling += poll_started.elapsed();
-            }
             let revoked = source.take_revoked();
             if !revoked.is_empty() && !records.is_empty() {
                 // Their next owner (perhaps us again) starts from the committed offset, so
@@ -109,15 +109,19 @@ impl Batcher {
                 bytes = records.iter().map(payload_len).sum();
                 if records.is_empty() {
                     opened = None;
-                    polling = Duration::ZERO;
                 }
             }
-            let nothing_ready = match polled {
+            match polled {
                 Some(Ok(record)) => {
                     bytes += payload_len(&record);
                     records.push(record);
-                    opened.get_or_insert_with(Instant::now);
-                    false
+                    if opened.is_none() {
+                        // `now` was read before a poll that may have waited for this record.
+                        opened = Some(Instant::now());
+                    }
+                    if records.len() >= self.limits.max_records || bytes >= self.limits.max_bytes {
+                        break;
+                    }
                 }
                 Some(Err(e)) => {
                     // Consumer errors are reports (a broker went away, a fetch failed);
@@ -125,25 +129,14 @@ impl Batcher {
                     if let Some(suppressed) = self.consumer_errors.admit() {
                         warn!(error = %e, suppressed, "consumer error");
                     }
-                    false
                 }
-                None => true,
-            };
-            let Some(started) = opened else { continue };
-            let full = records.len() >= self.limits.max_records || bytes >= self.limits.max_bytes;
-            let window_over = if self.limits.interval.is_zero() {
-                nothing_ready
-            } else {
-                started.elapsed() >= self.limits.interval
-            };
-            if full || window_over {
-                return Some(Batch {
-                    records,
-                    opened: started,
-                    polling,
-                });
+                // Nothing was ready: in latency mode that closes the batch; otherwise the
+                // next round's clock read decides.
+                None if self.limits.interval.is_zero() && opened.is_some() => break,
+                None => {}
             }
         }
+        opened.map(|opened| Batch { records, opened })
     }
 }
 

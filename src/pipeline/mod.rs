@@ -202,6 +202,9 @@ fn count_delivered(
         }
     }
     let latency = opened.elapsed();
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        metrics.last_commit.set(now.as_secs_f64());
+    }
     metrics.batches.inc();
     metrics.batch_latency.observe(latency.as_secs_f64());
     debug!(
