@@ -30,6 +30,7 @@ pub fn spawn_service(
     topics: &BenchTopics,
     output: &str,
     model: &Path,
+    extra_args: &[&str],
 ) -> anyhow::Result<ServiceChild> {
     let http: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let started = Instant::now();
@@ -39,6 +40,7 @@ pub fn spawn_service(
         .args(["--http-addr", &http.to_string()])
         .args(["--max-batch", &args.max_batch.to_string()])
         .args(["--batch-interval", &args.batch_interval])
+        .args(extra_args)
         .env("STREAMSCORE_BROKERS", brokers)
         .env("STREAMSCORE_INPUT_TOPIC", &topics.input)
         .env("STREAMSCORE_OUTPUT_TOPIC", output)

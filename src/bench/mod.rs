@@ -91,12 +91,14 @@ struct ThroughputReport {
     preload_records_per_second: f64,
     ceiling: ReferenceFigures,
     forest: RunFigures,
+    exactly_once: RunFigures,
     identity: RunFigures,
     python_copy: Option<ReferenceFigures>,
     python_sklearn: Option<ReferenceFigures>,
     forest_over_ceiling: f64,
     forest_over_python_sklearn: Option<f64>,
     forest_over_identity: f64,
+    exactly_once_over_at_least_once: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,10 +111,13 @@ struct LatencyReport {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// The same generator and reader with nothing in between.
+    floor_p50_ms: f64,
+    floor_p99_ms: f64,
     batch_interval: String,
     batch_latency_p50_ms: f64,
     batch_latency_p99_ms: f64,
-    cpu_seconds: f64,
+    cpu_us_per_record: f64,
     peak_rss_mb: f64,
 }
 
@@ -172,6 +177,22 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             &topics.forest_out,
             &args.model,
             records,
+            &[],
+        )
+        .await?;
+        let exactly_once = serve_until_done(
+            args,
+            &brokers,
+            &topics,
+            &topics.exactly_once_out,
+            &args.model,
+            records,
+            &[
+                "--guarantee",
+                "exactly-once",
+                "--transactional-id",
+                &format!("bench-{run_id}"),
+            ],
         )
         .await?;
         let identity = serve_until_done(
@@ -181,6 +202,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             &topics.identity_out,
             &identity_model,
             records,
+            &[],
         )
         .await?;
         let repo = std::env::current_dir()?;
@@ -217,8 +239,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|p| forest.records_per_second / p.records_per_second),
             forest_over_identity: forest.records_per_second / identity.records_per_second,
+            exactly_once_over_at_least_once: exactly_once.records_per_second
+                / forest.records_per_second,
             ceiling,
             forest,
+            exactly_once,
             identity,
             python_copy,
             python_sklearn,
@@ -233,6 +258,7 @@ struct BenchTopics {
     input: String,
     ceiling_out: String,
     forest_out: String,
+    exactly_once_out: String,
     identity_out: String,
     peer_copy_out: String,
     peer_sklearn_out: String,
@@ -245,6 +271,7 @@ impl BenchTopics {
             input: format!("bench-in-{run_id}"),
             ceiling_out: format!("bench-ceiling-{run_id}"),
             forest_out: format!("bench-forest-{run_id}"),
+            exactly_once_out: format!("bench-eos-{run_id}"),
             identity_out: format!("bench-identity-{run_id}"),
             peer_copy_out: format!("bench-peer-copy-{run_id}"),
             peer_sklearn_out: format!("bench-peer-sklearn-{run_id}"),
@@ -252,11 +279,12 @@ impl BenchTopics {
         }
     }
 
-    fn all(&self) -> [&str; 7] {
+    fn all(&self) -> [&str; 8] {
         [
             &self.input,
             &self.ceiling_out,
             &self.forest_out,
+            &self.exactly_once_out,
             &self.identity_out,
             &self.peer_copy_out,
             &self.peer_sklearn_out,
@@ -362,8 +390,9 @@ async fn serve_until_done(
     output: &str,
     model: &Path,
     records: usize,
+    extra_args: &[&str],
 ) -> anyhow::Result<RunFigures> {
-    let mut child = spawn_service(args, brokers, topics, output, model)?;
+    let mut child = spawn_service(args, brokers, topics, output, model, extra_args)?;
     let start_up = wait_ready(&mut child, Duration::from_secs(60)).await?;
     // Polled often until the first record is in (nothing flows yet, so it costs the service
     // nothing that counts), then rarely: rendering metrics costs the service CPU too. The
@@ -420,28 +449,46 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-async fn latency(
+/// Per-record latencies at a fixed rate: records produced to `input` with their send time in
+/// `id`, read back from `read_from`.
+struct LatencySample {
+    sent: usize,
+    received: usize,
+    /// After the warm-up, sorted.
+    latencies_us: Vec<u64>,
+}
+
+const WARM_UP: Duration = Duration::from_secs(1);
+
+impl LatencySample {
+    fn quantile_ms(&self, q: f64) -> f64 {
+        self.latencies_us
+            .get(((self.latencies_us.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(0.0, |us| *us as f64 / 1e3)
+    }
+}
+
+async fn sample_latency(
     args: &BenchArgs,
     brokers: &str,
-    topics: &BenchTopics,
-) -> anyhow::Result<LatencyReport> {
-    let mut child = spawn_service(args, brokers, topics, &topics.forest_out, &args.model)?;
-    wait_ready(&mut child, Duration::from_secs(60)).await?;
+    input: &str,
+    read_from: &str,
+) -> anyhow::Result<LatencySample> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-reader-{}", topics.forest_out))
+        .set("group.id", format!("bench-reader-{read_from}"))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..args.partitions {
-        tpl.add_partition_offset(&topics.forest_out, p, Offset::Beginning)?;
+        tpl.add_partition_offset(read_from, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
 
     let producer = producer(brokers, "5")?;
     let total = (f64::from(args.rate) * args.duration.as_secs_f64()) as usize;
-    let input = topics.input.clone();
+    let input = input.to_owned();
     let rate = args.rate;
     let sender = tokio::spawn(async move {
         let started = Instant::now();
@@ -464,8 +511,12 @@ async fn latency(
     });
 
     let mut latencies_us: Vec<u64> = Vec::with_capacity(total);
+    let mut received = 0usize;
+    // The first second holds connection set-up and the first fetches of every client: a
+    // start-up cost, not the steady latency the figures are about.
+    let warm_up_until = now_micros() + WARM_UP.as_micros() as u64;
     let deadline = Instant::now() + args.duration + Duration::from_secs(30);
-    while latencies_us.len() < total {
+    while received < total {
         let message = tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => break,
             m = consumer.recv() => m,
@@ -476,34 +527,52 @@ async fn latency(
             .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
             .and_then(|v| v["id"].as_u64());
         if let Some(sent_at) = sent_at {
-            latencies_us.push(now_micros().saturating_sub(sent_at));
+            received += 1;
+            if sent_at >= warm_up_until {
+                latencies_us.push(now_micros().saturating_sub(sent_at));
+            }
         }
     }
     let sent = sender.await?;
-    let (cpu_seconds, peak_rss_mb) = process_usage(child.child.id())?;
+    latencies_us.sort_unstable();
+    Ok(LatencySample {
+        sent,
+        received,
+        latencies_us,
+    })
+}
+
+async fn latency(
+    args: &BenchArgs,
+    brokers: &str,
+    topics: &BenchTopics,
+) -> anyhow::Result<LatencyReport> {
+    // The harness floor first: the same generator and reader on one topic, nothing between.
+    let floor = sample_latency(args, brokers, &topics.ceiling_out, &topics.ceiling_out).await?;
+    let mut child = spawn_service(args, brokers, topics, &topics.forest_out, &args.model, &[])?;
+    wait_ready(&mut child, Duration::from_secs(60)).await?;
+    let (cpu_before, _) = process_usage(child.child.id())?;
+    let sample = sample_latency(args, brokers, &topics.input, &topics.forest_out).await?;
+    let (cpu_after, peak_rss_mb) = process_usage(child.child.id())?;
     let metrics = http_get(child.http, "/metrics")
         .await
         .map(|(_, m)| m)
         .unwrap_or_default();
-    latencies_us.sort_unstable();
-    let pick = |q: f64| {
-        latencies_us
-            .get(((latencies_us.len() as f64 - 1.0) * q).round() as usize)
-            .map_or(0.0, |us| *us as f64 / 1e3)
-    };
     Ok(LatencyReport {
         broker: brokers.to_owned(),
         rate: args.rate,
         seconds: args.duration.as_secs_f64(),
-        sent,
-        received: latencies_us.len(),
-        p50_ms: pick(0.5),
-        p99_ms: pick(0.99),
-        max_ms: pick(1.0),
+        sent: sample.sent,
+        received: sample.received,
+        p50_ms: sample.quantile_ms(0.5),
+        p99_ms: sample.quantile_ms(0.99),
+        max_ms: sample.quantile_ms(1.0),
+        floor_p50_ms: floor.quantile_ms(0.5),
+        floor_p99_ms: floor.quantile_ms(0.99),
         batch_interval: args.batch_interval.clone(),
         batch_latency_p50_ms: batch_latency_ms(&metrics, 0.5),
         batch_latency_p99_ms: batch_latency_ms(&metrics, 0.99),
-        cpu_seconds,
+        cpu_us_per_record: (cpu_after - cpu_before) * 1e6 / sample.sent.max(1) as f64,
         peak_rss_mb,
     })
 }
@@ -547,6 +616,7 @@ fn print_throughput(r: &ThroughputReport, json: bool) -> anyhow::Result<()> {
     reference(&r.ceiling);
     for (name, f) in [
         ("streamscore, forest", &r.forest),
+        ("streamscore, forest, exactly-once", &r.exactly_once),
         ("streamscore, identity model", &r.identity),
     ] {
         println!(
@@ -571,6 +641,11 @@ fn print_throughput(r: &ThroughputReport, json: bool) -> anyhow::Result<()> {
         println!("forest / python + scikit-learn: {ratio:.2}");
     }
     println!("forest / identity model: {:.3}", r.forest_over_identity);
+    println!(
+        "exactly-once / at-least-once: {:.3} (CPU per record {:.2}x)",
+        r.exactly_once_over_at_least_once,
+        r.exactly_once.cpu_us_per_record / r.forest.cpu_us_per_record
+    );
     Ok(())
 }
 
@@ -584,12 +659,16 @@ fn print_latency(r: &LatencyReport, json: bool) -> anyhow::Result<()> {
         r.broker, r.rate, r.seconds, r.batch_interval
     );
     println!(
-        "sent {}  received {}  latency p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        "harness floor (generator reads its own topic): p50 {:.1} ms  p99 {:.1} ms",
+        r.floor_p50_ms, r.floor_p99_ms
+    );
+    println!(
+        "through streamscore: sent {}  received {}  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
         r.sent, r.received, r.p50_ms, r.p99_ms, r.max_ms
     );
     println!(
-        "service: batch latency p50 {:.1} ms  p99 {:.1} ms, {:.2} cpu s, peak RSS {:.1} MB",
-        r.batch_latency_p50_ms, r.batch_latency_p99_ms, r.cpu_seconds, r.peak_rss_mb
+        "service: batch latency p50 {:.1} ms  p99 {:.1} ms, {:.2} cpu µs/record, peak RSS {:.1} MB",
+        r.batch_latency_p50_ms, r.batch_latency_p99_ms, r.cpu_us_per_record, r.peak_rss_mb
     );
     Ok(())
 }
