@@ -6,6 +6,7 @@
 //! than half-trusted.
 
 pub mod forest;
+pub mod pmml;
 pub mod recommender;
 pub mod store;
 
