@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.datasets import load_diabetes
 from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor,
                               RandomForestClassifier, RandomForestRegressor)
@@ -60,6 +61,10 @@ def main():
         holes.loc[mask[:, j], f] = np.nan
     htrain, htest = split(holes)
     export("sklearn_missing", PMMLPipeline([("classifier", RandomForestClassifier(n_estimators=20, random_state=1))]),
+           htrain, htest, IRIS, "species")
+    # The same data with the gaps filled by an imputer: a missingValueReplacement per field.
+    export("sklearn_imputed", PMMLPipeline([("imputer", SimpleImputer(strategy="median")),
+                                            ("classifier", DecisionTreeClassifier(max_depth=4, random_state=1))]),
            htrain, htest, IRIS, "species")
 
 
