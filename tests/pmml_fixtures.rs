@@ -130,6 +130,12 @@ fn every_fixture_agrees_with_jpmml_on_every_row() {
             }
         }
         let predictions = model.predict_rows(&prepared);
+        // The kernel's sums are the exact evaluator's additions in the same order.
+        assert_eq!(
+            predictions,
+            model.predict_rows_exact(&prepared),
+            "{name}: kernel and exact path differ"
+        );
         for (p, &i) in predictions.iter().zip(&prepared_rows) {
             let want = expected[i].get("results").filter(|r| !r[&target].is_null());
             let ok = match (batch_answer(&model, p), want) {

@@ -224,24 +224,40 @@ impl PmmlModel {
             return Vec::new();
         }
         let mut row = vec![f64::NAN; self.columns.len()];
-        let mut out = Vec::with_capacity(inputs.len() / n);
-        let complete: Vec<bool> = inputs
-            .chunks_exact(n)
-            .map(|r| r.iter().all(|v| !v.is_nan()))
-            .collect();
         let fast = match &self.kernel {
-            Some(k) => k.predict(self, inputs, &complete),
-            None => Vec::new(),
+            Some(k) => k.predict(self, inputs),
+            None => vec![None; inputs.len() / n],
         };
-        let mut fast = fast.into_iter();
-        for (values, complete) in inputs.chunks_exact(n).zip(&complete) {
-            if self.kernel.is_some() && *complete {
-                out.push(fast.next().unwrap_or(Prediction::Missing));
-                continue;
-            }
-            out.push(self.predict_exact(values, &mut row));
-        }
-        out
+        inputs
+            .chunks_exact(n)
+            .zip(fast)
+            .map(|(values, fast)| match fast {
+                Some(p) => p,
+                None => self.predict_exact(values, &mut row),
+            })
+            .collect()
+    }
+
+    /// Predictions of the exact evaluator alone (what the kernel is tested against).
+    pub fn predict_rows_exact(&self, inputs: &[f64]) -> Vec<Prediction> {
+        let n = self.inputs.len().max(1);
+        let mut row = vec![f64::NAN; self.columns.len()];
+        inputs
+            .chunks_exact(n)
+            .map(|values| self.predict_exact(values, &mut row))
+            .collect()
+    }
+
+    fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    fn fill(&self, values: &[f64], row: &mut [f64]) {
+        self.fill_row(values, row);
+    }
+
+    fn rescaled(&self, v: f64) -> f64 {
+        self.root.rescale.map_or(v, |r| r.apply(v))
     }
 
     /// The exact evaluation of one row of prepared inputs, `row` as scratch.
