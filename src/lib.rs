@@ -11,6 +11,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod openscoring;
 pub mod pipeline;
 pub mod record;
 pub mod score;
