@@ -8,6 +8,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod model;

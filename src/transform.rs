@@ -100,7 +100,7 @@ fn score_pmml(
     max_bytes: usize,
 ) -> Vec<Outcome> {
     let n_features = pmml.features().len();
-    let mut decoder = PmmlDecoder::new(pmml);
+    let mut decoder = PmmlDecoder::new(pmml, &model.meta.features);
     let mut matrix = Vec::with_capacity(inputs.len() * n_features);
     let mut decoded: Vec<Result<Option<&RawValue>, Rejection>> = Vec::with_capacity(inputs.len());
     for input in inputs {

@@ -99,6 +99,10 @@ pub struct PmmlSpec {
     /// pipelines' `IndexToString` did for an index-valued target); empty keeps the model's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_names: Vec<String>,
+    /// Names records use for the model's input fields, in the model's order; empty keeps
+    /// the model's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_names: Vec<String>,
 }
 
 impl ModelBody {
@@ -391,12 +395,22 @@ impl LoadedModel {
 /// A model file around a PMML document: the document as its body, its schema as metadata,
 /// `class_names` renaming its categories (empty keeps them).
 pub fn pmml_file(bytes: &[u8], class_names: Vec<String>) -> Result<ModelFile, ModelError> {
+    pmml_file_renamed(bytes, Vec::new(), class_names)
+}
+
+/// `pmml_file` with the input fields renamed too (`feature_names`, empty keeps them).
+pub fn pmml_file_renamed(
+    bytes: &[u8],
+    feature_names: Vec<String>,
+    class_names: Vec<String>,
+) -> Result<ModelFile, ModelError> {
     let document = std::str::from_utf8(bytes)
         .map_err(|e| ModelError::Invalid(format!("a PMML document must be UTF-8: {e}")))?
         .to_owned();
     let spec = PmmlSpec {
         document,
         class_names,
+        feature_names,
     };
     let model = compile_pmml(&spec)?;
     let mut hasher = Sha256::new();
@@ -426,7 +440,24 @@ fn pmml_meta(
     spec: &PmmlSpec,
     params: serde_json::Value,
 ) -> Result<ModelMeta, ModelError> {
-    let features = model.features().to_vec();
+    let features = if spec.feature_names.is_empty() {
+        model.features().to_vec()
+    } else if spec.feature_names.len() == model.features().len() {
+        spec.feature_names.clone()
+    } else {
+        return Err(ModelError::Invalid(format!(
+            "{} feature names for a model of {} input fields {:?}",
+            spec.feature_names.len(),
+            model.features().len(),
+            model.features()
+        )));
+    };
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = features.iter().find(|f| !names.insert(*f)) {
+        return Err(ModelError::Invalid(format!(
+            "feature `{twice}` is listed twice"
+        )));
+    }
     if features.iter().any(|f| f == "id") {
         return Err(ModelError::Invalid(
             "an input field named `id` would collide with the record's id".into(),

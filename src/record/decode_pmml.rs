@@ -15,15 +15,18 @@ use crate::model::pmml::PmmlModel;
 /// Decodes records into rows of prepared PMML inputs; holds its scratch state.
 pub struct PmmlDecoder<'m> {
     model: &'m PmmlModel,
+    names: &'m [String],
     schema: FeatureSchema,
     seen: Vec<bool>,
 }
 
 impl<'m> PmmlDecoder<'m> {
-    pub fn new(model: &'m PmmlModel) -> Self {
-        let schema = FeatureSchema::new(model.features());
+    /// `names`: what records call the model's input fields, in its order.
+    pub fn new(model: &'m PmmlModel, names: &'m [String]) -> Self {
+        let schema = FeatureSchema::new(names);
         Self {
             model,
+            names,
             seen: vec![false; schema.len()],
             schema,
         }
@@ -37,8 +40,7 @@ impl<'m> PmmlDecoder<'m> {
     ) -> Result<Option<&'a RawValue>, Rejection> {
         self.seen.iter_mut().for_each(|s| *s = false);
         let mut id = None;
-        let (model, schema, seen) = (self.model, &self.schema, &mut self.seen);
-        let names = model.features();
+        let (model, schema, seen, names) = (self.model, &self.schema, &mut self.seen, self.names);
         for_each_field(text, |field, value| {
             if field == "id" {
                 return take_once(&mut id, value, field);
