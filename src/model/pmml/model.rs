@@ -455,10 +455,14 @@ impl Reader<'_> {
             return Err(xml::unsupported(el));
         }
         let name = xml::required(el, "name")?;
-        let data_type = DataType::parse(el, "dataType")?.unwrap_or(match categories {
-            Some(c) => c.data_type,
-            None => DataType::Double,
-        });
+        let feature_name = xml::attr(el, "feature").unwrap_or("predictedValue");
+        // Without a dataType, a predicted value has the target's type; anything else is a
+        // number.
+        let data_type =
+            DataType::parse(el, "dataType")?.unwrap_or(match (feature_name, categories) {
+                ("predictedValue", Some(c)) => c.data_type,
+                _ => DataType::Double,
+            });
         let op_type = OpType::parse(el)?.unwrap_or(OpType::Continuous);
         self.columns.push(Column::new(name, data_type, op_type));
         let column = self.columns.len() - 1;
@@ -466,7 +470,7 @@ impl Reader<'_> {
         if xml::attr(el, "segmentId").is_some() {
             return Err(xml::err(el, "segmentId is not supported"));
         }
-        let feature = match xml::attr(el, "feature").unwrap_or("predictedValue") {
+        let feature = match feature_name {
             "predictedValue" => Feature::Predicted,
             "probability" => {
                 let Some(cats) = categories else {
