@@ -10,6 +10,7 @@
 //! and rescaling; `model` the model tree (segmentations, regressions, outputs) and its exact
 //! evaluation; `kernel` the fast form of forests; `verify` the `ModelVerification` check.
 
+pub mod export;
 mod expr;
 pub mod fields;
 mod kernel;
