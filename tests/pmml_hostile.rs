@@ -142,3 +142,47 @@ fn bad_numbers_and_categories() {
     ));
     assert!(e.contains("zero"), "{e}");
 }
+
+#[test]
+fn nesting_just_within_the_bound_loads_and_scores_without_overflow() {
+    // Trees and compound predicates as deep as the depth bound allows, on a test thread's
+    // default stack: the recursive readers and evaluators must fit.
+    let depth = 500;
+    let nodes = format!(
+        "{}{}",
+        r#"<Node score="1"><SimplePredicate field="x" operator="lessThan" value="5"/>"#
+            .repeat(depth),
+        "</Node>".repeat(depth)
+    )
+    .replacen(
+        "SimplePredicate field=\"x\" operator=\"lessThan\" value=\"5\"",
+        "True",
+        1,
+    );
+    let m = PmmlModel::parse(&tree(&nodes)).expect("500 deep is within the bound");
+    let args = serde_json::json!({"x": 1}).as_object().cloned().unwrap();
+    assert_eq!(m.evaluate(&args).unwrap()["y"], 1.0);
+    let deep_predicate = format!(
+        "{}<True/><True/>{}",
+        r#"<CompoundPredicate booleanOperator="and"><True/>"#.repeat(depth - 8),
+        "</CompoundPredicate>".repeat(depth - 8)
+    );
+    let nodes = format!(r#"<Node score="1"><True/><Node score="2">{deep_predicate}</Node></Node>"#);
+    let m = PmmlModel::parse(&tree(&nodes)).expect("loads");
+    assert_eq!(m.evaluate(&args).unwrap()["y"], 2.0);
+}
+
+#[test]
+fn segments_must_share_their_ensembles_categories() {
+    let text = fixture("spark_rf_iris.pmml");
+    // Give the first tree a target of its own: the same categories in another order, which
+    // would index the ensemble's probabilities wrongly.
+    let bad = text.replacen(
+        "<TreeModel functionName=\"classification\" missingValueStrategy=\"nullPrediction\">\n                    <MiningSchema>",
+        "<TreeModel functionName=\"classification\" missingValueStrategy=\"nullPrediction\">\n                    <MiningSchema><MiningField name=\"k\" usageType=\"target\"/>",
+        1,
+    ).replacen("<DataDictionary>", "<DataDictionary><DataField name=\"k\" optype=\"categorical\" dataType=\"string\"><Value value=\"setosa\"/><Value value=\"virginica\"/><Value value=\"versicolor\"/></DataField>", 1);
+    assert_ne!(text, bad);
+    let e = refused(&bad);
+    assert!(e.contains("categories must be"), "{e}");
+}

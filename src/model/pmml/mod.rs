@@ -50,8 +50,26 @@ pub struct PmmlModel {
     kernel: Option<kernel::Kernel>,
 }
 
+/// Stack for reading a document: the readers and the kernel compiler recurse once or twice
+/// per nesting level, up to `xml::MAX_DEPTH`, which on a caller's stack (a 2 MiB runtime
+/// worker, say) an unoptimised build would not fit. Only what is used is ever committed.
+const PARSE_STACK_BYTES: usize = 256 << 20;
+
 impl PmmlModel {
     pub fn parse(text: &str) -> Result<Self, ModelError> {
+        std::thread::scope(|scope| {
+            let reader = std::thread::Builder::new()
+                .name("pmml-parse".into())
+                .stack_size(PARSE_STACK_BYTES)
+                .spawn_scoped(scope, || Self::parse_here(text))
+                .map_err(|e| ModelError::Invalid(format!("cannot start the PMML reader: {e}")))?;
+            reader
+                .join()
+                .map_err(|_| ModelError::Invalid("the PMML reader failed".into()))?
+        })
+    }
+
+    fn parse_here(text: &str) -> Result<Self, ModelError> {
         let doc = xml::parse(text)?;
         let root = doc.root_element();
         let mut columns = Vec::new();

@@ -365,6 +365,15 @@ impl Reader<'_> {
             if model.categories.is_some() != classification && method != Method::ModelChain {
                 return Err(xml::err(&m, "a segment's function must be its ensemble's"));
             }
+            // Votes and averages index the ensemble's categories by the segment's labels.
+            if let (Some(mine), Some(theirs)) = (&model.categories, categories) {
+                if method != Method::ModelChain && mine.names != theirs.names {
+                    return Err(xml::err(
+                        &m,
+                        "a segment's categories must be its ensemble's",
+                    ));
+                }
+            }
             if method == Method::ModelChain {
                 for out in &model.outputs {
                     chain_scope.insert(&out.name, out.column);
