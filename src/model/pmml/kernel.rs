@@ -54,12 +54,15 @@ struct Bin {
     no: u32,
 }
 
+/// Leaf values in groups one vector addition adds up.
+type Lanes = [f64; 4];
+
 #[derive(Debug, Clone)]
 struct MaskTree {
     below: Range<usize>,
     sets: Range<usize>,
-    /// Leaf indices, left to right.
-    leaves: Range<usize>,
+    /// This tree's part of `Kernel::mask_values`.
+    values: Range<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,15 +85,23 @@ pub struct Kernel {
     features: Vec<usize>,
     nodes: Vec<Bin>,
     roots: Vec<u32>,
-    /// Per leaf `width` values: what the leaf adds to a row's sums (NaN for a null leaf).
-    leaf_values: Vec<f64>,
+    /// Per leaf, what it adds to a row's sums (NaN for a null leaf), `width` values zero-padded
+    /// to `lanes` whole `Lanes`: adding one is a few vector additions, not a loop over the
+    /// classes, and each lane is the same single addition, so no sum changes by a bit.
+    leaf_values: Vec<Lanes>,
     /// Single trees: the leaf's own label.
     leaf_labels: Vec<usize>,
     width: usize,
+    lanes: usize,
     masks: Vec<Option<MaskTree>>,
+    /// Each mask tree's leaf values in left-to-right order, so that a leaf's position in the
+    /// mask is its index.
+    mask_values: Vec<Lanes>,
+    /// For each feature, the input it is (when no derived field stands between): rows are
+    /// gathered straight from the inputs instead of through a full row.
+    direct: Option<Vec<usize>>,
     below: Vec<MaskBelow>,
     sets: Vec<MaskSet>,
-    mask_leaves: Vec<u32>,
     aggregate: Aggregate,
 }
 
@@ -188,17 +199,31 @@ impl Kernel {
             }
             Kind::Regression(_) => return None,
         };
+        let lanes = width.div_ceil(4);
+        let leaf_values = b
+            .leaf_values
+            .chunks_exact(width)
+            .flat_map(|values| {
+                values.chunks(4).map(|part| {
+                    let mut lane = Lanes::default();
+                    lane[..part.len()].copy_from_slice(part);
+                    lane
+                })
+            })
+            .collect();
         let mut kernel = Kernel {
             features: b.features,
             nodes: b.nodes,
             roots,
-            leaf_values: b.leaf_values,
+            leaf_values,
             leaf_labels: b.leaf_labels,
             width,
+            lanes,
             masks: Vec::new(),
+            mask_values: Vec::new(),
+            direct: None,
             below: Vec::new(),
             sets: Vec::new(),
-            mask_leaves: Vec::new(),
             aggregate,
         };
         kernel.masks = kernel
@@ -214,29 +239,47 @@ impl Kernel {
         self.roots.len()
     }
 
+    /// Lets rows be gathered straight from the inputs: `inputs[i]` is the column input `i`
+    /// fills, and `derived` whether any derived field is computed before the model.
+    pub fn gather_from_inputs(&mut self, inputs: &[usize], derived: bool) {
+        if derived {
+            return;
+        }
+        self.direct = self
+            .features
+            .iter()
+            .map(|c| inputs.iter().position(|i| i == c))
+            .collect();
+    }
+
     /// Predictions for the rows of `inputs` (prepared, `model.features().len()` each): `None`
     /// for a row the kernel cannot take, which the caller scores exactly.
     pub fn predict(&self, model: &PmmlModel, inputs: &[f64]) -> Vec<Option<Prediction>> {
         let n_inputs = model.features().len().max(1);
         let n_rows = inputs.len() / n_inputs;
         let nf = self.features.len();
-        let mut full = vec![f64::NAN; model.width()];
         // Dense feature values of the rows the kernel takes, row-major, and their indices.
         let mut dense = Vec::with_capacity(n_rows * nf);
         let mut taken = Vec::with_capacity(n_rows);
+        let mut full = Vec::new();
         for (r, values) in inputs.chunks_exact(n_inputs).enumerate() {
-            model.fill(values, &mut full);
             let start = dense.len();
-            dense.extend(self.features.iter().map(|&c| full[c]));
+            match &self.direct {
+                Some(direct) => dense.extend(direct.iter().map(|&i| values[i])),
+                None => {
+                    full.resize(model.width(), f64::NAN);
+                    model.fill(values, &mut full);
+                    dense.extend(self.features.iter().map(|&c| full[c]));
+                }
+            }
             if dense[start..].iter().all(|v| v.is_finite()) {
                 taken.push(r);
             } else {
                 dense.truncate(start);
             }
         }
-        let w = self.width;
-        let mut sums = vec![0.0f64; taken.len() * w];
-        let mut labels = vec![0usize; taken.len()];
+        let lanes = self.lanes;
+        let mut sums = vec![Lanes::default(); taken.len() * lanes];
         // With no features there is nothing to block (every tree is one leaf).
         let blocked = if nf == 0 {
             0
@@ -244,52 +287,53 @@ impl Kernel {
             taken.len() / BLOCK * BLOCK
         };
         let blocks = feature_major(&dense, nf, blocked);
+        let (blocked_sums, rest_sums) = sums.split_at_mut(blocked * lanes);
         for (t, &root) in self.roots.iter().enumerate() {
-            match &self.masks[t] {
-                Some(mask) if nf > 0 => {
-                    for (b, block) in blocks.chunks_exact(nf * BLOCK).enumerate() {
-                        let leaves = self.mask_leaves(mask, block);
-                        for (i, leaf) in leaves.into_iter().enumerate() {
-                            let row = b * BLOCK + i;
-                            self.add(&mut sums[row * w..(row + 1) * w], &mut labels[row], leaf);
-                        }
-                    }
+            let Some(mask) = self.masks[t].as_ref().filter(|_| nf > 0) else {
+                for (row, sums) in blocked_sums.chunks_exact_mut(lanes).enumerate() {
+                    let leaf = self.walk(root, &dense[row * nf..(row + 1) * nf]) as usize;
+                    add(sums, &self.leaf_values[leaf * lanes..(leaf + 1) * lanes]);
                 }
-                _ => {
-                    for row in 0..blocked {
-                        let leaf = self.walk(root, &dense[row * nf..(row + 1) * nf]);
-                        self.add(&mut sums[row * w..(row + 1) * w], &mut labels[row], leaf);
+                continue;
+            };
+            let values = &self.mask_values[mask.values.clone()];
+            let block_sums = blocked_sums.chunks_exact_mut(BLOCK * lanes);
+            for (block, block_sums) in blocks.chunks_exact(nf * BLOCK).zip(block_sums) {
+                let leaves = self.mask_leaves(mask, block);
+                // Up to four classes, the common case, a leaf is one `Lanes`: no inner loop.
+                if lanes == 1 {
+                    for (leaf, sum) in leaves.into_iter().zip(block_sums) {
+                        add_lanes(sum, &values[leaf]);
                     }
+                    continue;
+                }
+                for (leaf, sums) in leaves.into_iter().zip(block_sums.chunks_exact_mut(lanes)) {
+                    add(sums, &values[leaf * lanes..(leaf + 1) * lanes]);
                 }
             }
         }
         // Too few to block: each goes down every tree in turn.
-        for row in blocked..taken.len() {
+        for (row, sums) in (blocked..taken.len()).zip(rest_sums.chunks_exact_mut(lanes)) {
             let values = &dense[row * nf..(row + 1) * nf];
             for &root in &self.roots {
-                let leaf = self.walk(root, values);
-                self.add(&mut sums[row * w..(row + 1) * w], &mut labels[row], leaf);
+                let leaf = self.walk(root, values) as usize;
+                add(sums, &self.leaf_values[leaf * lanes..(leaf + 1) * lanes]);
             }
         }
         let mut out = vec![None; n_rows];
         for (i, &r) in taken.iter().enumerate() {
-            out[r] = Some(self.finish(model, &sums[i * w..(i + 1) * w], labels[i]));
+            let label = match self.aggregate {
+                // One tree's label is its leaf's score, not the largest probability.
+                Aggregate::Single { .. } => {
+                    let leaf = self.walk(self.roots[0], &dense[i * nf..(i + 1) * nf]);
+                    self.leaf_labels[leaf as usize]
+                }
+                Aggregate::Ensemble { .. } => 0,
+            };
+            let row = sums[i * lanes..(i + 1) * lanes].as_flattened();
+            out[r] = Some(self.finish(model, &row[..self.width], label));
         }
         out
-    }
-
-    #[inline]
-    fn add(&self, sums: &mut [f64], label: &mut usize, leaf: u32) {
-        let leaf = leaf as usize;
-        for (s, v) in sums
-            .iter_mut()
-            .zip(&self.leaf_values[leaf * self.width..(leaf + 1) * self.width])
-        {
-            *s += v;
-        }
-        if let Aggregate::Single { .. } = self.aggregate {
-            *label = self.leaf_labels[leaf];
-        }
     }
 
     fn finish(&self, model: &PmmlModel, sums: &[f64], label: usize) -> Prediction {
@@ -340,7 +384,7 @@ impl Kernel {
     /// The leaf each row of a feature-major block reaches: a failed test rules out its `yes`
     /// subtree's leaves, and the row's leaf is the leftmost one left.
     #[inline]
-    fn mask_leaves(&self, tree: &MaskTree, block: &[f64]) -> [u32; BLOCK] {
+    fn mask_leaves(&self, tree: &MaskTree, block: &[f64]) -> [usize; BLOCK] {
         let mut reachable = [u64::MAX; BLOCK];
         for s in &self.below[tree.below.clone()] {
             let at = s.feature as usize * BLOCK;
@@ -358,12 +402,11 @@ impl Kernel {
                 *reachable &= s.keep | inside;
             }
         }
-        let leaves = &self.mask_leaves[tree.leaves.clone()];
         let mut out = [0; BLOCK];
         for (o, r) in out.iter_mut().zip(reachable) {
             // invariant: a row's own leaf is never ruled out, so a bit below the tree's leaf
             // count is set.
-            *o = leaves[r.trailing_zeros() as usize];
+            *o = r.trailing_zeros() as usize;
         }
         out
     }
@@ -373,14 +416,18 @@ impl Kernel {
         let mut sets = Vec::new();
         let mut leaves = Vec::new();
         add_mask(&self.nodes, root, &mut below, &mut sets, &mut leaves)?;
-        let (b0, s0, l0) = (self.below.len(), self.sets.len(), self.mask_leaves.len());
+        let (b0, s0, v0) = (self.below.len(), self.sets.len(), self.mask_values.len());
         self.below.extend(below);
         self.sets.extend(sets);
-        self.mask_leaves.extend(leaves);
+        for leaf in leaves {
+            let at = leaf as usize * self.lanes;
+            self.mask_values
+                .extend_from_slice(&self.leaf_values[at..at + self.lanes]);
+        }
         Some(MaskTree {
             below: b0..self.below.len(),
             sets: s0..self.sets.len(),
-            leaves: l0..self.mask_leaves.len(),
+            values: v0..self.mask_values.len(),
         })
     }
 }
@@ -432,6 +479,20 @@ fn add_mask(
         Err(i) => sets[i].keep = keep,
     }
     add_mask(nodes, node.no, below, sets, leaves)
+}
+
+#[inline]
+fn add(sums: &mut [Lanes], values: &[Lanes]) {
+    for (sum, v) in sums.iter_mut().zip(values) {
+        add_lanes(sum, v);
+    }
+}
+
+#[inline]
+fn add_lanes(sum: &mut Lanes, values: &Lanes) {
+    for (s, v) in sum.iter_mut().zip(values) {
+        *s += v;
+    }
 }
 
 fn leaf_bits(n: usize) -> u64 {

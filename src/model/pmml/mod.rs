@@ -178,7 +178,11 @@ impl PmmlModel {
             _ => "Regression model",
         }
         .to_owned();
-        let kernel = kernel::Kernel::compile(&root_model, &columns);
+        let mut kernel = kernel::Kernel::compile(&root_model, &columns);
+        if let Some(k) = &mut kernel {
+            let input_columns: Vec<usize> = inputs.iter().map(|i| i.column).collect();
+            k.gather_from_inputs(&input_columns, !global.is_empty());
+        }
         let model = Self {
             target_name: columns[target].name.clone(),
             columns,
