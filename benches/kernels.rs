@@ -85,6 +85,60 @@ fn forest(c: &mut Criterion) {
     group.finish();
 }
 
+/// The shipped 100-tree forest imported from PMML (written from the same trees) against the
+/// native kernel, batch 1000; and a real sklearn2pmml export of 100 trees for scale. The
+/// PMML figure includes the mining-schema copy into full rows that the stream path does.
+fn pmml_forest(c: &mut Criterion) {
+    use streamscore::model::pmml::export::forest_to_pmml;
+    use streamscore::model::pmml::fields::Raw;
+    use streamscore::model::pmml::PmmlModel;
+
+    let model = iris_model();
+    let Model::Forest(forest) = &model.model else {
+        panic!("models/iris-forest.json is not a forest");
+    };
+    let file =
+        ModelFile::read(&repo_path("models/iris-forest.json")).unwrap_or_else(|e| panic!("{e}"));
+    let ModelBody::RandomForest(spec) = &file.body else {
+        panic!("not a forest");
+    };
+    let same_trees = PmmlModel::parse(&forest_to_pmml(
+        spec,
+        &file.meta.features,
+        &file.meta.classes,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sklearn_path = repo_path("training/pmml/sklearn_rf_iris.pmml");
+    let sklearn =
+        PmmlModel::parse(&std::fs::read_to_string(&sklearn_path).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((same_trees.n_trees(), sklearn.n_trees()), (100, 100));
+    let batch = 1000;
+    let rows = iris_rows(batch);
+    let prepared = |m: &PmmlModel| -> Vec<f64> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, v)| m.prepare(i % 4, Raw::Number(*v)).unwrap_or(f64::NAN))
+            .collect()
+    };
+    let (same_inputs, sklearn_inputs) = (prepared(&same_trees), prepared(&sklearn));
+    let mut group = c.benchmark_group("pmml_forest_predict");
+    group.throughput(Throughput::Elements(batch as u64));
+    group.bench_function("native_100_trees/1000", |b| {
+        b.iter(|| forest.predict_proba(black_box(rows.view())))
+    });
+    group.bench_function("imported_same_100_trees/1000", |b| {
+        b.iter(|| same_trees.predict_rows(black_box(&same_inputs)))
+    });
+    group.bench_function("sklearn2pmml_100_trees/1000", |b| {
+        b.iter(|| sklearn.predict_rows(black_box(&sklearn_inputs)))
+    });
+    group.bench_function("imported_same_100_trees_exact_path/1000", |b| {
+        b.iter(|| same_trees.predict_rows_exact(black_box(&same_inputs)))
+    });
+    group.finish();
+}
+
 const USERS: usize = 1000;
 const ITEMS: usize = 1700;
 const FACTORS: usize = 100;
@@ -319,6 +373,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = kernels;
     config = config();
-    targets = forest, recommender, decode, encode, transform
+    targets = forest, pmml_forest, recommender, decode, encode, transform
 }
 criterion_main!(kernels);

@@ -7,9 +7,11 @@
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod openscoring;
 pub mod pipeline;
 pub mod record;
 pub mod score;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use streamscore::logging::{self, LogFormat};
-use streamscore::{bench, config, demo, score, service, train};
+use streamscore::{bench, config, demo, import, score, service, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +36,8 @@ enum Command {
     /// Train a model offline and write its model file.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Convert a PMML model into a streamscore model file.
+    Import(import::ImportArgs),
     /// Score a JSON-lines file or stdin to stdout with a model file.
     Score(score::ScoreArgs),
     /// Run the service against an embedded broker with sample traffic.
@@ -49,8 +51,9 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum TrainCommand {
-    /// Random-forest classifier on the iris measurements.
-    Iris(train::iris::TrainIrisArgs),
+    /// Random-forest classifier on any numeric CSV (the iris measurements by default).
+    #[command(alias = "iris")]
+    Forest(train::iris::TrainIrisArgs),
     /// Matrix-factorization recommender on MovieLens-format ratings.
     Recommender(train::recommender::TrainRecommenderArgs),
 }
@@ -81,7 +84,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => runtime()?.block_on(service::serve(&args))?,
         Command::Demo(args) => runtime()?.block_on(demo::run(&args))?,
         Command::Bench(args) => runtime()?.block_on(bench::run(&args))?,
-        Command::Train(TrainCommand::Iris(args)) => train::iris::run(&args)?,
+        Command::Train(TrainCommand::Forest(args)) => train::iris::run(&args)?,
+        Command::Import(args) => import::run(&args)?,
         Command::Train(TrainCommand::Recommender(args)) => train::recommender::run(&args)?,
         Command::Gen(GenCommand::Ratings(args)) => train::ratings::run(&args)?,
         Command::Score(args) => {

@@ -8,11 +8,13 @@ use ndarray::Array2;
 use serde_json::value::RawValue;
 
 use crate::model::forest::argmax_rows;
+use crate::model::pmml::{PmmlModel, Prediction};
 use crate::model::recommender::Request;
 use crate::model::{Forest, LoadedModel, Model, Recommender};
 use crate::record::decode::{decode_user_event, payload_text, FeatureDecoder, FeatureSchema};
-use crate::record::encode::{to_json, Classification, Items, RecommendationOut};
-use crate::record::{Rejection, SourcePosition};
+use crate::record::decode_pmml::PmmlDecoder;
+use crate::record::encode::{to_json, Classification, Items, RecommendationOut, RegressionOut};
+use crate::record::{Reason, Rejection, SourcePosition};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
@@ -36,6 +38,7 @@ pub fn transform_batch(
     match &model.model {
         Model::Forest(forest) => classify(model, forest, inputs, max_record_bytes),
         Model::Recommender(recommender) => recommend(model, recommender, inputs, max_record_bytes),
+        Model::Pmml(pmml) => score_pmml(model, pmml, inputs, max_record_bytes),
     }
 }
 
@@ -83,6 +86,66 @@ fn classify(
                 );
                 row += 1;
                 Outcome::Scored(to_json(&out))
+            }
+        })
+        .collect()
+}
+
+/// A PMML model's batch: the same shape as `classify`, with missing values allowed through
+/// to the model and a record it gives no prediction for refused after scoring.
+fn score_pmml(
+    model: &LoadedModel,
+    pmml: &PmmlModel,
+    inputs: &[Input<'_>],
+    max_bytes: usize,
+) -> Vec<Outcome> {
+    let n_features = pmml.features().len();
+    let mut decoder = PmmlDecoder::new(pmml, &model.meta.features);
+    let mut matrix = Vec::with_capacity(inputs.len() * n_features);
+    let mut decoded: Vec<Result<Option<&RawValue>, Rejection>> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let start = matrix.len();
+        matrix.resize(start + n_features, f64::NAN);
+        let result = payload_text(input.payload, max_bytes)
+            .and_then(|text| decoder.decode(text, &mut matrix[start..]));
+        if result.is_err() {
+            matrix.truncate(start);
+        }
+        decoded.push(result);
+    }
+    let mut predictions = pmml.predict_rows(&matrix).into_iter();
+    decoded
+        .into_iter()
+        .zip(inputs)
+        .map(|(result, input)| {
+            let id = match result {
+                Err(rejection) => return Outcome::Rejected(rejection),
+                Ok(id) => id,
+            };
+            let source = input.source;
+            match predictions.next().unwrap_or(Prediction::Missing) {
+                Prediction::Missing => Outcome::Rejected(Rejection::new(
+                    Reason::NoPrediction,
+                    "the model gives no prediction for these inputs (a missing value it does not route)",
+                )),
+                Prediction::Value(prediction) => Outcome::Scored(to_json(&RegressionOut {
+                    id,
+                    prediction,
+                    model_version: &model.version,
+                    partition: source.partition,
+                    offset: source.offset,
+                })),
+                Prediction::Class {
+                    label,
+                    probabilities,
+                } => Outcome::Scored(to_json(&Classification::new(
+                    id,
+                    &model.meta.classes,
+                    &probabilities,
+                    label,
+                    &model.version,
+                    source,
+                ))),
             }
         })
         .collect()

@@ -6,6 +6,7 @@
 //! than half-trusted.
 
 pub mod forest;
+pub mod pmml;
 pub mod recommender;
 pub mod store;
 
@@ -52,6 +53,7 @@ pub enum ModelError {
 pub enum ModelKind {
     RandomForest,
     MatrixFactorization,
+    Pmml,
 }
 
 impl fmt::Display for ModelKind {
@@ -59,6 +61,7 @@ impl fmt::Display for ModelKind {
         f.write_str(match self {
             ModelKind::RandomForest => "random_forest",
             ModelKind::MatrixFactorization => "matrix_factorization",
+            ModelKind::Pmml => "pmml",
         })
     }
 }
@@ -84,6 +87,22 @@ pub struct ModelMeta {
 pub enum ModelBody {
     RandomForest(ForestSpec),
     MatrixFactorization(RecommenderSpec),
+    Pmml(PmmlSpec),
+}
+
+/// A PMML document kept as its text, so that loading compiles it again with whatever this
+/// build does best, and the content hash covers exactly what scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PmmlSpec {
+    pub document: String,
+    /// Names for a classifier's categories, in the model's category order (what the Spark
+    /// pipelines' `IndexToString` did for an index-valued target); empty keeps the model's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
+    /// Names records use for the model's input fields, in the model's order; empty keeps
+    /// the model's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_names: Vec<String>,
 }
 
 impl ModelBody {
@@ -91,6 +110,7 @@ impl ModelBody {
         match self {
             ModelBody::RandomForest(_) => ModelKind::RandomForest,
             ModelBody::MatrixFactorization(_) => ModelKind::MatrixFactorization,
+            ModelBody::Pmml(_) => ModelKind::Pmml,
         }
     }
 }
@@ -169,6 +189,7 @@ fn content_version(meta: &ModelMeta, body: &ModelBody) -> String {
     let prefix = match body.kind() {
         ModelKind::RandomForest => "rf",
         ModelKind::MatrixFactorization => "mf",
+        ModelKind::Pmml => "pm",
     };
     let mut hasher = Sha256::new();
     // Serialising plain data to a Vec cannot fail: no maps with non-string keys, no I/O.
@@ -238,6 +259,7 @@ fn validate_values(body: &ModelBody) -> Result<(), ModelError> {
                 }
             }
         }
+        ModelBody::Pmml(_) => {}
         ModelBody::MatrixFactorization(spec) => {
             let too_large = spec
                 .user_factors
@@ -271,10 +293,26 @@ pub struct LoadedModel {
 pub enum Model {
     Forest(Forest),
     Recommender(Recommender),
+    Pmml(Box<pmml::PmmlModel>),
 }
 
 impl LoadedModel {
     pub fn from_file(file: ModelFile) -> Result<Self, ModelError> {
+        if let ModelBody::Pmml(spec) = &file.body {
+            let model = compile_pmml(spec)?;
+            let meta = pmml_meta(&model, spec, file.meta.params.clone())?;
+            if meta.features != file.meta.features || meta.classes != file.meta.classes {
+                return Err(ModelError::Invalid(
+                    "the file's features or classes are not its PMML document's".into(),
+                ));
+            }
+            return Ok(Self {
+                version: file.version,
+                created_at: file.created_at,
+                meta,
+                model: Model::Pmml(Box::new(model)),
+            });
+        }
         validate_names(&file.meta)?;
         validate_values(&file.body)?;
         let model = match &file.body {
@@ -291,6 +329,7 @@ impl LoadedModel {
                 )?)
             }
             ModelBody::MatrixFactorization(spec) => Model::Recommender(Recommender::compile(spec)?),
+            ModelBody::Pmml(_) => unreachable!("handled above"),
         };
         Ok(Self {
             version: file.version,
@@ -300,14 +339,28 @@ impl LoadedModel {
         })
     }
 
+    /// Loads a streamscore model file, or a PMML document (by its `.pmml`/`.xml` extension
+    /// or its content) directly.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        Self::from_file(ModelFile::read(path)?)
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let by_extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("pmml") || e.eq_ignore_ascii_case("xml"));
+        if by_extension || pmml::looks_like_pmml(&bytes) {
+            return Self::from_file(pmml_file(&bytes, Vec::new())?);
+        }
+        Self::from_file(ModelFile::from_json(&bytes)?)
     }
 
     pub fn kind(&self) -> ModelKind {
         match self.model {
             Model::Forest(_) => ModelKind::RandomForest,
             Model::Recommender(_) => ModelKind::MatrixFactorization,
+            Model::Pmml(_) => ModelKind::Pmml,
         }
     }
 
@@ -324,6 +377,12 @@ impl LoadedModel {
         });
         let detail = match &self.model {
             Model::Forest(f) => serde_json::json!({ "trees": f.n_trees() }),
+            Model::Pmml(m) => serde_json::json!({
+                "function": m.mining_function(),
+                "target": m.target_name(),
+                "summary": m.summary(),
+                "fast_kernel_trees": m.n_trees(),
+            }),
             Model::Recommender(r) => r.describe(),
         };
         if let (Some(doc), serde_json::Value::Object(extra)) = (doc.as_object_mut(), detail) {
@@ -331,6 +390,104 @@ impl LoadedModel {
         }
         doc
     }
+}
+
+/// A model file around a PMML document: the document as its body, its schema as metadata,
+/// `class_names` renaming its categories (empty keeps them).
+pub fn pmml_file(bytes: &[u8], class_names: Vec<String>) -> Result<ModelFile, ModelError> {
+    pmml_file_renamed(bytes, Vec::new(), class_names)
+}
+
+/// `pmml_file` with the input fields renamed too (`feature_names`, empty keeps them).
+pub fn pmml_file_renamed(
+    bytes: &[u8],
+    feature_names: Vec<String>,
+    class_names: Vec<String>,
+) -> Result<ModelFile, ModelError> {
+    let document = std::str::from_utf8(bytes)
+        .map_err(|e| ModelError::Invalid(format!("a PMML document must be UTF-8: {e}")))?
+        .to_owned();
+    let spec = PmmlSpec {
+        document,
+        class_names,
+        feature_names,
+    };
+    let model = compile_pmml(&spec)?;
+    let mut hasher = Sha256::new();
+    hasher.update(bytes);
+    let checksum: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let params = serde_json::json!({
+        "source": "pmml",
+        "function": model.mining_function(),
+        "target": model.target_name(),
+        "file_size": bytes.len(),
+        "file_sha256": checksum,
+    });
+    let meta = pmml_meta(&model, &spec, params)?;
+    Ok(ModelFile::new(meta, ModelBody::Pmml(spec)))
+}
+
+fn compile_pmml(spec: &PmmlSpec) -> Result<pmml::PmmlModel, ModelError> {
+    pmml::PmmlModel::parse(&spec.document)
+}
+
+fn pmml_meta(
+    model: &pmml::PmmlModel,
+    spec: &PmmlSpec,
+    params: serde_json::Value,
+) -> Result<ModelMeta, ModelError> {
+    let features = if spec.feature_names.is_empty() {
+        model.features().to_vec()
+    } else if spec.feature_names.len() == model.features().len() {
+        spec.feature_names.clone()
+    } else {
+        return Err(ModelError::Invalid(format!(
+            "{} feature names for a model of {} input fields {:?}",
+            spec.feature_names.len(),
+            model.features().len(),
+            model.features()
+        )));
+    };
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = features.iter().find(|f| !names.insert(*f)) {
+        return Err(ModelError::Invalid(format!(
+            "feature `{twice}` is listed twice"
+        )));
+    }
+    if features.iter().any(|f| f == "id") {
+        return Err(ModelError::Invalid(
+            "an input field named `id` would collide with the record's id".into(),
+        ));
+    }
+    let classes = if spec.class_names.is_empty() {
+        model.classes()
+    } else if spec.class_names.len() == model.classes().len() {
+        spec.class_names.clone()
+    } else {
+        return Err(ModelError::Invalid(format!(
+            "{} class names for a model of {} categories {:?}",
+            spec.class_names.len(),
+            model.classes().len(),
+            model.classes()
+        )));
+    };
+    let meta = ModelMeta {
+        features,
+        classes,
+        params,
+        metrics: BTreeMap::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = meta.classes.iter().find(|c| !seen.insert(*c)) {
+        return Err(ModelError::Invalid(format!(
+            "class `{twice}` is listed twice"
+        )));
+    }
+    Ok(meta)
 }
 
 #[cfg(test)]

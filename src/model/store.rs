@@ -59,7 +59,12 @@ impl ModelStore {
             None => self.configured_path.clone(),
             Some(p) => self.resolve_in_model_dir(p)?,
         };
-        let candidate = LoadedModel::load(&path)?;
+        self.replace(LoadedModel::load(&path)?)
+    }
+
+    /// Swaps in a model built elsewhere (an upload), under the same rules as a reload: the
+    /// kind and the features may not change unless allowed, and a refusal keeps the old.
+    pub fn replace(&self, candidate: LoadedModel) -> Result<Arc<LoadedModel>, ModelError> {
         let _guard = self
             .reload_lock
             .lock()

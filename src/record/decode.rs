@@ -43,7 +43,7 @@ pub fn payload_text(payload: Option<&[u8]>, max_bytes: usize) -> Result<&str, Re
 ///
 /// A JSON syntax error outranks anything `on_field` reported: a record that is not JSON is
 /// `invalid_json` whatever its first fields looked like. Otherwise the first rejection wins.
-fn for_each_field<'a>(
+pub(crate) fn for_each_field<'a>(
     text: &'a str,
     on_field: impl FnMut(&str, &'a RawValue) -> Result<(), Rejection>,
 ) -> Result<(), Rejection> {
@@ -165,7 +165,7 @@ impl<'de> Deserialize<'de> for FieldName<'de> {
 }
 
 /// What kind of JSON value raw text holds, for error messages.
-fn json_type(raw: &RawValue) -> &'static str {
+pub(crate) fn json_type(raw: &RawValue) -> &'static str {
     match raw.get().as_bytes().first() {
         Some(b'"') => "a string",
         Some(b'{') => "an object",
@@ -176,7 +176,7 @@ fn json_type(raw: &RawValue) -> &'static str {
     }
 }
 
-fn is_number(raw: &RawValue) -> bool {
+pub(crate) fn is_number(raw: &RawValue) -> bool {
     matches!(raw.get().as_bytes().first(), Some(b'-' | b'0'..=b'9'))
 }
 
@@ -215,7 +215,7 @@ impl FeatureSchema {
         self.names.is_empty()
     }
 
-    fn index_of(&self, field: &str) -> Option<usize> {
+    pub(crate) fn index_of(&self, field: &str) -> Option<usize> {
         self.index.get(field).copied()
     }
 }
@@ -310,7 +310,7 @@ impl FeatureDecoder {
     }
 }
 
-fn take_once<'a>(
+pub(crate) fn take_once<'a>(
     slot: &mut Option<&'a RawValue>,
     value: &'a RawValue,
     field: &str,

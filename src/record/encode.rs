@@ -2,6 +2,8 @@
 //!
 //! Classification:
 //! `{"id":..,"label":"setosa","probabilities":{"setosa":0.98,..},"model_version":"rf-..","partition":0,"offset":42}`
+//! Regression (PMML models):
+//! `{"id":..,"prediction":152.3,"model_version":"pm-..","partition":0,"offset":42}`
 //! Recommendation:
 //! `{"id":..,"uid":196,"items":[{"item":50,"score":4.9,"title":".."}],"cold_start":false,"model_version":"mf-..","partition":0,"offset":42}`
 //! `id` is present only when the input had one, and is copied verbatim.
@@ -14,23 +16,24 @@ use super::SourcePosition;
 use crate::model::recommender::Recommendation;
 
 #[derive(Serialize)]
-pub struct Classification<'a> {
+pub struct Classification<'a, P: Serialize = f32> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a RawValue>,
     pub label: &'a str,
-    pub probabilities: Probabilities<'a>,
+    pub probabilities: Probabilities<'a, P>,
     pub model_version: &'a str,
     pub partition: i32,
     pub offset: i64,
 }
 
-/// Class names zipped with one row of probabilities, written as a JSON object.
-pub struct Probabilities<'a> {
+/// Class names zipped with one row of probabilities, written as a JSON object. Native
+/// forests give `f32`; PMML models compute in double and keep every digit.
+pub struct Probabilities<'a, P = f32> {
     pub classes: &'a [String],
-    pub values: &'a [f32],
+    pub values: &'a [P],
 }
 
-impl Serialize for Probabilities<'_> {
+impl<P: Serialize> Serialize for Probabilities<'_, P> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.classes.len()))?;
         for (class, p) in self.classes.iter().zip(self.values) {
@@ -38,6 +41,17 @@ impl Serialize for Probabilities<'_> {
         }
         map.end()
     }
+}
+
+/// A regression's output: `{"id":..,"prediction":152.3,"model_version":..,"partition":..,"offset":..}`.
+#[derive(Serialize)]
+pub struct RegressionOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a RawValue>,
+    pub prediction: f64,
+    pub model_version: &'a str,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 #[derive(Serialize)]
@@ -83,11 +97,11 @@ pub fn to_json(value: &impl Serialize) -> Vec<u8> {
     out
 }
 
-impl<'a> Classification<'a> {
+impl<'a, P: Serialize> Classification<'a, P> {
     pub fn new(
         id: Option<&'a RawValue>,
         classes: &'a [String],
-        probabilities: &'a [f32],
+        probabilities: &'a [P],
         label_index: usize,
         model_version: &'a str,
         source: SourcePosition,

@@ -1,6 +1,7 @@
 //! Record schemas: what the service reads, what it writes, and why it refuses a record.
 
 pub mod decode;
+pub mod decode_pmml;
 pub mod encode;
 
 use std::fmt;
@@ -25,10 +26,14 @@ pub enum Reason {
     MissingUid,
     InvalidUid,
     InvalidCount,
+    /// A value outside what a PMML model declares valid (and told to refuse).
+    InvalidValue,
+    /// A PMML model that gives no prediction for the record (a missing value it cannot route).
+    NoPrediction,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::NotUtf8,
@@ -41,6 +46,8 @@ impl Reason {
         Reason::MissingUid,
         Reason::InvalidUid,
         Reason::InvalidCount,
+        Reason::InvalidValue,
+        Reason::NoPrediction,
     ];
 
     pub fn code(self) -> &'static str {
@@ -57,6 +64,8 @@ impl Reason {
             Reason::MissingUid => "missing_uid",
             Reason::InvalidUid => "invalid_uid",
             Reason::InvalidCount => "invalid_n",
+            Reason::InvalidValue => "invalid_value",
+            Reason::NoPrediction => "no_prediction",
         }
     }
 }

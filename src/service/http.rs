@@ -35,7 +35,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/model", get(model))
         .route("/model/reload", post(reload))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::openscoring::router(state))
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -137,7 +138,7 @@ async fn reload(
     }
 }
 
-fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
     let Some(expected) = &state.admin_token else {
         return true;
     };
