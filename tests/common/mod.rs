@@ -168,11 +168,15 @@ impl TestBroker {
 }
 
 pub fn producer(brokers: &str) -> FutureProducer {
+    // The mock keeps ~5 MiB per partition; compression keeps large runs inside it.
+    compressed_producer(brokers, "lz4")
+}
+
+pub fn compressed_producer(brokers: &str, codec: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
-        // The mock keeps ~5 MiB per partition; compression keeps large runs inside it.
-        .set("compression.type", "lz4")
+        .set("compression.type", codec)
         .set("enable.idempotence", "true")
         .create()
         .expect("producer")
@@ -180,7 +184,11 @@ pub fn producer(brokers: &str) -> FutureProducer {
 
 /// Produces `(key, value)` records and waits until all are acknowledged.
 pub async fn produce(brokers: &str, topic: &str, records: &[Input]) {
-    let producer = producer(brokers);
+    produce_with(&producer(brokers), topic, records).await
+}
+
+/// The same, through a producer of the caller's (a codec, say).
+pub async fn produce_with(producer: &FutureProducer, topic: &str, records: &[Input]) {
     let mut deliveries = Vec::with_capacity(records.len());
     for (key, value) in records {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic);
