@@ -16,9 +16,10 @@ use streamscore::pipeline::MAX_BATCHES_IN_FLIGHT;
 const PARTITIONS: i32 = 4;
 const MAX_BATCH: usize = 200;
 
-/// Records a crash can leave scored but uncommitted: the batches awaiting acknowledgement,
-/// plus the one being scored.
-const UNCOMMITTED_TAIL: usize = (MAX_BATCHES_IN_FLIGHT + 1) * MAX_BATCH;
+/// Records a crash can leave produced but uncommitted: every batch holds an in-flight slot from
+/// before its first record is produced until its offsets are committed, and the batch being
+/// collected has produced nothing.
+const UNCOMMITTED_TAIL: usize = MAX_BATCHES_IN_FLIGHT * MAX_BATCH;
 
 async fn start(
     broker: &TestBroker,
