@@ -203,7 +203,12 @@ async fn a_stopped_service_resumes_from_its_commits_without_losing_records() {
 
     // The first instance is stopped while input is still arriving.
     let first = broker.start_service(&topics, &group, &model).await;
-    broker.produce(&topics.input, &inputs[..N / 2]).await;
+    produce_with(
+        &unbatched_producer(&broker.brokers),
+        &topics.input,
+        &inputs[..N / 2],
+    )
+    .await;
     let early = broker
         .collect(
             &[&topics.output],
@@ -217,7 +222,9 @@ async fn a_stopped_service_resumes_from_its_commits_without_losing_records() {
         let rest = inputs[N / 2..].to_vec();
         let broker_addr = broker.brokers.clone();
         let input = topics.input.clone();
-        tokio::spawn(async move { produce(&broker_addr, &input, &rest).await })
+        tokio::spawn(
+            async move { produce_with(&unbatched_producer(&broker_addr), &input, &rest).await },
+        )
     };
     first.stop().await.expect("graceful stop");
     producing.await.expect("producer task");
