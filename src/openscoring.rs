@@ -354,6 +354,16 @@ struct BatchRequest {
     requests: Vec<EvaluationRequest>,
 }
 
+/// The served model, if `id` names it, and the request body; what every evaluation needs.
+fn deployed_and_parsed<T: serde::de::DeserializeOwned>(
+    state: &OsState,
+    id: &str,
+    body: &[u8],
+) -> Result<(Arc<LoadedModel>, T), Refusal> {
+    let (model, _) = deployed(state, id)?;
+    Ok((model, parse(body)?))
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     serde_json::from_slice(body)
         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
@@ -415,12 +425,8 @@ async fn evaluate(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let (model, _) = match deployed(&state, &id) {
-        Ok(m) => m,
-        Err(r) => return r.into_response(),
-    };
-    let request: EvaluationRequest = match parse(&body) {
-        Ok(r) => r,
+    let (model, request) = match deployed_and_parsed::<EvaluationRequest>(&state, &id, &body) {
+        Ok(both) => both,
         Err(r) => return r.into_response(),
     };
     match evaluate_one(&model, &request) {
@@ -434,12 +440,8 @@ async fn batch(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let (model, _) = match deployed(&state, &id) {
-        Ok(m) => m,
-        Err(r) => return r.into_response(),
-    };
-    let request: BatchRequest = match parse(&body) {
-        Ok(r) => r,
+    let (model, request) = match deployed_and_parsed::<BatchRequest>(&state, &id, &body) {
+        Ok(both) => both,
         Err(r) => return r.into_response(),
     };
     if request.requests.len() > MAX_BATCH {

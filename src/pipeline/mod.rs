@@ -93,7 +93,7 @@ pub struct Stop {
 
 impl Stop {
     pub fn requested(&self) -> bool {
-        self.shutdown.is_cancelled() || self.state.health.failure().is_some()
+        self.shutdown.is_cancelled() || self.state.health.has_failed()
     }
 }
 

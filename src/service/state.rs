@@ -119,12 +119,20 @@ impl Assignment {
 #[derive(Default)]
 pub struct Health {
     failure: Mutex<Option<String>>,
+    /// Mirrors `failure.is_some()`: the scoring loop asks at every poll, so the question
+    /// must cost a load, not a lock and a copy of the reason.
+    failed: AtomicBool,
 }
 
 impl Health {
     pub fn fail(&self, reason: impl Into<String>) {
         let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         slot.get_or_insert_with(|| reason.into());
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     pub fn failure(&self) -> Option<String> {
@@ -156,7 +164,9 @@ mod tests {
     fn the_first_failure_is_kept() {
         let h = Health::default();
         assert_eq!(h.failure(), None);
+        assert!(!h.has_failed());
         h.fail("fenced");
+        assert!(h.has_failed());
         h.fail("later");
         assert_eq!(h.failure().as_deref(), Some("fenced"));
     }
