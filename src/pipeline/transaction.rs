@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
 use super::commit;
-use super::sink::Sink;
+use super::sink::{OutputProducer, Sink};
 use super::source::Consumer;
 
 /// Bound on each blocking transactional call.
@@ -106,7 +106,7 @@ impl Transactional for KafkaTransactions<'_> {
     }
 
     fn commit(&self) -> Result<(), TxnError> {
-        Ok(self.sink.producer().commit_transaction(TXN_CALL_TIMEOUT)?)
+        commit_transaction(self.sink.producer(), TXN_CALL_TIMEOUT)
     }
 
     fn abort(&self) -> Result<(), TxnError> {
@@ -140,6 +140,46 @@ impl Transactional for KafkaTransactions<'_> {
             ),
         })
     }
+}
+
+/// Commits the open transaction by calling librdkafka directly.
+///
+/// The rdkafka crate's `commit_transaction` first runs its own `flush`, which serves the
+/// producer's event queue in 100 ms slices and returns only once a whole slice has passed:
+/// every transaction paid 100 ms, whatever its size (measured: ~10 commits/s on the mock). In
+/// event mode librdkafka's own commit flushes by waiting on its message count, and the
+/// `ThreadedProducer`'s thread serves the delivery reports meanwhile, so nothing is lost by
+/// skipping the crate's wrapper.
+fn commit_transaction(producer: &OutputProducer, timeout: Duration) -> Result<(), TxnError> {
+    use rdkafka::bindings as rd;
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the handle is the live producer's, borrowed for the duration of the call;
+    // librdkafka's transactional API may be called from any thread.
+    let error =
+        unsafe { rd::rd_kafka_commit_transaction(producer.client().native_ptr(), timeout_ms) };
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `error` is a non-null error object that this call owns: it is read, then
+    // destroyed exactly once, and the message is copied out before the destroy.
+    let (kind, message) = unsafe {
+        let kind = if rd::rd_kafka_error_is_fatal(error) != 0 {
+            TxnErrorKind::Fatal
+        } else if rd::rd_kafka_error_is_retriable(error) != 0 {
+            TxnErrorKind::Retriable
+        } else {
+            TxnErrorKind::Abortable
+        };
+        let message = std::ffi::CStr::from_ptr(rd::rd_kafka_error_string(error))
+            .to_string_lossy()
+            .into_owned();
+        rd::rd_kafka_error_destroy(error);
+        (kind, message)
+    };
+    Err(TxnError {
+        kind,
+        message: format!("Transaction error: {message}"),
+    })
 }
 
 /// Calls `op` until it succeeds, fails for good, or runs out of retriable attempts.
