@@ -222,8 +222,17 @@ pub fn producer_settings(config: &PipelineConfig) -> ClientConfig {
         // within a partition, from broker-side retries.
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // A few ms of linger turns a micro-batch into a handful of produce requests.
-        .set("linger.ms", "5")
+        // A few ms of linger turns a micro-batch into a handful of produce requests. In
+        // latency mode a batch is enqueued whole the moment it closes, so lingering would
+        // only delay it: librdkafka still packs what is queued into one request.
+        .set(
+            "linger.ms",
+            if config.batch_interval.is_zero() {
+                "0"
+            } else {
+                "5"
+            },
+        )
         .set("compression.type", "lz4")
         // Dead letters carry the original value, which may be as large as anything the
         // input topic accepted.

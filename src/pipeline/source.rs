@@ -157,8 +157,16 @@ pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
         // full wait, even if records arrive meanwhile. A consumer that keeps up sends its next
         // fetch right after the last answer, when there is nothing yet, so each round trip
         // took the whole wait: librdkafka's 500 ms, or 50 ms, was added to record latency.
-        // 10 ms costs at most a hundred idle fetches a second against such a broker.
-        .set("fetch.wait.max.ms", "10")
+        // 10 ms costs at most a hundred idle fetches a second against such a broker; latency
+        // mode halves the wait, as it trades idle round trips for latency everywhere.
+        .set(
+            "fetch.wait.max.ms",
+            if config.batch_interval.is_zero() {
+                "5"
+            } else {
+                "10"
+            },
+        )
         .set("statistics.interval.ms", "5000")
         // Prefetch is bounded so that a slow sink pauses fetching instead of buffering the
         // topic in memory: 4 MiB of queued records, about 25,000 iris records. librdkafka
@@ -176,4 +184,60 @@ pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
         client.set(key, value);
     }
     client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::sink::producer_settings;
+    use crate::pipeline::Guarantee;
+
+    fn config(batch_interval: Duration, properties: &[(&str, &str)]) -> PipelineConfig {
+        PipelineConfig {
+            brokers: "127.0.0.1:9".into(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            consumer_properties: Vec::new(),
+            input_topic: "in".into(),
+            output_topic: "out".into(),
+            dead_letter_topic: "dlq".into(),
+            group: "g".into(),
+            batch_interval,
+            max_batch: 1000,
+            max_batch_bytes: 1 << 20,
+            max_record_bytes: 1 << 20,
+            guarantee: Guarantee::AtLeastOnce,
+        }
+    }
+
+    #[test]
+    fn latency_mode_neither_lingers_nor_waits_as_long_for_empty_fetches() {
+        let windowed = config(Duration::from_millis(100), &[]);
+        let latency = config(Duration::ZERO, &[]);
+        assert_eq!(producer_settings(&windowed).get("linger.ms"), Some("5"));
+        assert_eq!(producer_settings(&latency).get("linger.ms"), Some("0"));
+        assert_eq!(
+            consumer_settings(&windowed).get("fetch.wait.max.ms"),
+            Some("10")
+        );
+        assert_eq!(
+            consumer_settings(&latency).get("fetch.wait.max.ms"),
+            Some("5")
+        );
+    }
+
+    #[test]
+    fn passthrough_properties_override_the_mode_defaults() {
+        let latency = config(
+            Duration::ZERO,
+            &[("linger.ms", "2"), ("fetch.wait.max.ms", "50")],
+        );
+        assert_eq!(producer_settings(&latency).get("linger.ms"), Some("2"));
+        assert_eq!(
+            consumer_settings(&latency).get("fetch.wait.max.ms"),
+            Some("50")
+        );
+    }
 }
