@@ -136,7 +136,7 @@ pub fn parse_property(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }

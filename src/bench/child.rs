@@ -39,7 +39,10 @@ pub fn spawn_service(
         .arg(model)
         .args(["--http-addr", &http.to_string()])
         .args(["--max-batch", &args.max_batch.to_string()])
-        .args(["--batch-interval", &args.batch_interval])
+        .args([
+            "--batch-interval",
+            &humantime::format_duration(args.batch_interval).to_string(),
+        ])
         .args(extra_args)
         .env("STREAMSCORE_BROKERS", brokers)
         .env("STREAMSCORE_INPUT_TOPIC", &topics.input)

@@ -52,8 +52,8 @@ pub struct BenchArgs {
     pub model: PathBuf,
     #[arg(long, default_value_t = 1000)]
     pub max_batch: u32,
-    #[arg(long, default_value = "100ms")]
-    pub batch_interval: String,
+    #[arg(long, default_value = "100ms", value_parser = crate::config::parse_interval)]
+    pub batch_interval: Duration,
     /// Fixed-rate latency run instead of the throughput runs.
     #[arg(long)]
     pub latency: bool,
@@ -160,13 +160,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         let preload_rate = preload(&brokers, &topics.input, records).await?;
         let ceiling = {
-            let (brokers, input, output) = (
+            let (brokers, input, output, interval) = (
                 brokers.clone(),
                 topics.input.clone(),
                 topics.ceiling_out.clone(),
+                args.batch_interval,
             );
             tokio::task::spawn_blocking(move || {
-                references::loopback_ceiling(&brokers, &input, &output, records)
+                references::loopback_ceiling(&brokers, &input, &output, records, interval)
             })
             .await??
         };
@@ -569,7 +570,7 @@ async fn latency(
         max_ms: sample.quantile_ms(1.0),
         floor_p50_ms: floor.quantile_ms(0.5),
         floor_p99_ms: floor.quantile_ms(0.99),
-        batch_interval: args.batch_interval.clone(),
+        batch_interval: humantime::format_duration(args.batch_interval).to_string(),
         batch_latency_p50_ms: batch_latency_ms(&metrics, 0.5),
         batch_latency_p99_ms: batch_latency_ms(&metrics, 0.99),
         cpu_us_per_record: (cpu_after - cpu_before) * 1e6 / sample.sent.max(1) as f64,

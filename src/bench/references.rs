@@ -30,7 +30,16 @@ pub struct ReferenceFigures {
     pub cpu_us_per_record: Option<f64>,
 }
 
-fn settings(brokers: &str, input: &str, output: &str, group: &str) -> PipelineConfig {
+/// The service's client settings for a run at `batch_interval`: the interval picks the
+/// producer's linger and the consumer's fetch wait (latency mode changes both), so the
+/// ceiling must be built for the same interval as the service run it is compared with.
+fn settings(
+    brokers: &str,
+    input: &str,
+    output: &str,
+    group: &str,
+    batch_interval: Duration,
+) -> PipelineConfig {
     PipelineConfig {
         brokers: brokers.to_owned(),
         properties: Vec::new(),
@@ -39,7 +48,7 @@ fn settings(brokers: &str, input: &str, output: &str, group: &str) -> PipelineCo
         output_topic: output.to_owned(),
         dead_letter_topic: output.to_owned(),
         group: group.to_owned(),
-        batch_interval: Duration::ZERO,
+        batch_interval,
         max_batch: 1,
         max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         max_record_bytes: usize::MAX,
@@ -48,14 +57,22 @@ fn settings(brokers: &str, input: &str, output: &str, group: &str) -> PipelineCo
 }
 
 /// Consumes `records` records and produces each again unchanged, with the service's own
-/// client settings, until every one is acknowledged. Runs on the calling thread.
+/// client settings for `batch_interval`, until every one is acknowledged. Runs on the calling
+/// thread.
 pub fn loopback_ceiling(
     brokers: &str,
     input: &str,
     output: &str,
     records: usize,
+    batch_interval: Duration,
 ) -> anyhow::Result<ReferenceFigures> {
-    let config = settings(brokers, input, output, &format!("bench-ceiling-{output}"));
+    let config = settings(
+        brokers,
+        input,
+        output,
+        &format!("bench-ceiling-{output}"),
+        batch_interval,
+    );
     let consumer: BaseConsumer = consumer_settings(&config).create()?;
     let producer: ThreadedProducer<DefaultProducerContext> = producer_settings(&config).create()?;
     consumer.subscribe(&[input])?;
