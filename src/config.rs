@@ -12,22 +12,142 @@ use crate::record::DEFAULT_MAX_RECORD_BYTES;
 /// `STREAMSCORE_KAFKA_SECURITY_PROTOCOL=SASL_SSL` → `security.protocol=SASL_SSL`.
 pub const KAFKA_ENV_PREFIX: &str = "STREAMSCORE_KAFKA_";
 
+/// Environment variable holding the SASL password, for platforms that inject secrets as
+/// variables; it is never a flag, so that it stays out of `ps` and shell history.
+pub const SASL_PASSWORD_ENV: &str = "STREAMSCORE_SASL_PASSWORD";
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct KafkaArgs {
     /// Bootstrap brokers, comma-separated host:port.
     #[arg(long, env = "STREAMSCORE_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,
+    /// How to reach the brokers. Defaults to SASL_SSL when a SASL mechanism is given, SSL
+    /// when only TLS files are, else PLAINTEXT.
+    #[arg(long, env = "STREAMSCORE_SECURITY_PROTOCOL", value_enum)]
+    pub security_protocol: Option<SecurityProtocol>,
+    /// PEM file of the CA certificate(s) that signed the brokers' certificates (default:
+    /// the system's trust store).
+    #[arg(long, env = "STREAMSCORE_SSL_CA")]
+    pub ssl_ca: Option<PathBuf>,
+    /// PEM client certificate, for brokers that require mutual TLS.
+    #[arg(long, env = "STREAMSCORE_SSL_CERT", requires = "ssl_key")]
+    pub ssl_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "STREAMSCORE_SSL_KEY", requires = "ssl_cert")]
+    pub ssl_key: Option<PathBuf>,
+    #[arg(long, env = "STREAMSCORE_SASL_MECHANISM", value_enum)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    #[arg(long, env = "STREAMSCORE_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+    /// File holding the SASL password (a mounted Secret); `STREAMSCORE_SASL_PASSWORD` is
+    /// the alternative.
+    #[arg(long, env = "STREAMSCORE_SASL_PASSWORD_FILE")]
+    pub sasl_password_file: Option<PathBuf>,
     /// librdkafka property for both the consumer and the producer, as in kcat (repeatable).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
 }
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[value(name = "PLAIN")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[value(name = "OAUTHBEARER")]
+    OauthBearer,
+}
+
 impl KafkaArgs {
-    /// `-X` flags plus `STREAMSCORE_KAFKA_*` variables; flags win on conflicts.
-    pub fn all_properties(&self) -> Vec<(String, String)> {
-        let mut props = properties_from_env(std::env::vars());
+    /// The connection flags as librdkafka properties, then `STREAMSCORE_KAFKA_*` variables,
+    /// then `-X` flags: later ones win, so `-X` can override anything.
+    pub fn all_properties(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut props = self.connection_properties(std::env::var(SASL_PASSWORD_ENV).ok())?;
+        props.extend(properties_from_env(std::env::vars()));
         props.extend(self.properties.iter().cloned());
-        props
+        Ok(props)
+    }
+
+    fn connection_properties(
+        &self,
+        password_from_env: Option<String>,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        use anyhow::Context;
+        let mut props = Vec::new();
+        let mut set = |key: &str, value: String| props.push((key.to_owned(), value));
+        let tls_files = self.ssl_ca.is_some() || self.ssl_cert.is_some();
+        let protocol = self
+            .security_protocol
+            .or(match (self.sasl_mechanism, tls_files) {
+                (Some(_), _) => Some(SecurityProtocol::SaslSsl),
+                (None, true) => Some(SecurityProtocol::Ssl),
+                (None, false) => None,
+            });
+        if let Some(protocol) = protocol {
+            set("security.protocol", protocol.librdkafka_name().to_owned());
+        }
+        for (key, path) in [
+            ("ssl.ca.location", &self.ssl_ca),
+            ("ssl.certificate.location", &self.ssl_cert),
+            ("ssl.key.location", &self.ssl_key),
+        ] {
+            if let Some(path) = path {
+                set(key, path.display().to_string());
+            }
+        }
+        if let Some(mechanism) = self.sasl_mechanism {
+            set("sasl.mechanism", mechanism.librdkafka_name().to_owned());
+        }
+        if let Some(user) = &self.sasl_username {
+            set("sasl.username", user.clone());
+        }
+        let password = match &self.sasl_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the SASL password file {}", path.display()))?
+                    // A Secret written with `echo` ends in a newline that is not the password.
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => password_from_env,
+        };
+        if let Some(password) = password {
+            set("sasl.password", password);
+        }
+        Ok(props)
+    }
+}
+
+impl SecurityProtocol {
+    fn librdkafka_name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+}
+
+impl SaslMechanism {
+    fn librdkafka_name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OauthBearer => "OAUTHBEARER",
+        }
     }
 }
 
@@ -86,10 +206,10 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn pipeline_config(&self) -> crate::pipeline::PipelineConfig {
-        crate::pipeline::PipelineConfig {
+    pub fn pipeline_config(&self) -> anyhow::Result<crate::pipeline::PipelineConfig> {
+        Ok(crate::pipeline::PipelineConfig {
             brokers: self.kafka.brokers.clone(),
-            properties: self.kafka.all_properties(),
+            properties: self.kafka.all_properties()?,
             consumer_properties: Vec::new(),
             input_topic: self.input_topic.clone(),
             output_topic: self.output_topic.clone(),
@@ -108,7 +228,7 @@ impl ServeArgs {
                         .unwrap_or_else(|| format!("{}-{}", self.group, hostname())),
                 },
             },
-        }
+        })
     }
 }
 
@@ -194,6 +314,118 @@ mod tests {
             properties_from_env(vars.into_iter()),
             vec![("sasl.mechanism".to_string(), "PLAIN".to_string())]
         );
+    }
+
+    #[derive(clap::Parser)]
+    struct KafkaCli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    fn connection(args: &[&str], password_env: Option<&str>) -> Vec<(String, String)> {
+        use clap::Parser;
+        let cli =
+            KafkaCli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap();
+        cli.kafka
+            .connection_properties(password_env.map(str::to_owned))
+            .unwrap()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn sasl_flags_become_librdkafka_properties_with_sasl_ssl_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let secret = secret.display().to_string();
+        assert_eq!(
+            connection(
+                &[
+                    "--sasl-mechanism",
+                    "SCRAM-SHA-512",
+                    "--sasl-username",
+                    "svc",
+                    "--sasl-password-file",
+                    &secret,
+                ],
+                Some("from-env"),
+            ),
+            pairs(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "svc"),
+                ("sasl.password", "s3cret"),
+            ])
+        );
+        assert_eq!(
+            connection(
+                &["--sasl-mechanism", "PLAIN", "--sasl-username", "k"],
+                Some("p")
+            ),
+            pairs(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "PLAIN"),
+                ("sasl.username", "k"),
+                ("sasl.password", "p"),
+            ])
+        );
+    }
+
+    #[test]
+    fn tls_files_imply_ssl_and_an_explicit_protocol_wins() {
+        assert_eq!(
+            connection(
+                &[
+                    "--ssl-ca",
+                    "/ca.pem",
+                    "--ssl-cert",
+                    "/c.pem",
+                    "--ssl-key",
+                    "/c.key"
+                ],
+                None
+            ),
+            pairs(&[
+                ("security.protocol", "SSL"),
+                ("ssl.ca.location", "/ca.pem"),
+                ("ssl.certificate.location", "/c.pem"),
+                ("ssl.key.location", "/c.key"),
+            ])
+        );
+        assert_eq!(
+            connection(
+                &[
+                    "--security-protocol",
+                    "SASL_PLAINTEXT",
+                    "--sasl-mechanism",
+                    "PLAIN"
+                ],
+                None
+            ),
+            pairs(&[
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.mechanism", "PLAIN"),
+            ])
+        );
+        assert!(connection(&[], Some("unused"))
+            .iter()
+            .all(|(k, _)| k == "sasl.password"));
+    }
+
+    #[test]
+    fn a_missing_password_file_is_a_clear_error_and_bad_values_are_refused() {
+        use clap::Parser;
+        let cli =
+            KafkaCli::try_parse_from(["x", "--sasl-password-file", "/nonexistent/pw"]).unwrap();
+        let err = cli.kafka.connection_properties(None).unwrap_err();
+        assert!(format!("{err:#}").contains("SASL password file"), "{err:#}");
+        assert!(KafkaCli::try_parse_from(["x", "--sasl-mechanism", "GSSAPI"]).is_err());
+        assert!(KafkaCli::try_parse_from(["x", "--ssl-cert", "/c.pem"]).is_err());
     }
 
     #[test]

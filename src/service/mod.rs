@@ -35,16 +35,16 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
-    pub fn from_args(args: &ServeArgs) -> Self {
-        Self {
-            pipeline: args.pipeline_config(),
+    pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            pipeline: args.pipeline_config()?,
             model: args.model.clone(),
             allow_kind_change: args.allow_kind_change,
             http_addr: args.http_addr,
             admin_token: std::env::var(ADMIN_TOKEN_ENV)
                 .ok()
                 .filter(|t| !t.is_empty()),
-        }
+        })
     }
 }
 
@@ -115,7 +115,7 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
 
 /// `streamscore serve`: runs until SIGTERM/SIGINT, reloading on SIGHUP.
 pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let handle = start(ServiceConfig::from_args(args)).await?;
+    let handle = start(ServiceConfig::from_args(args)?).await?;
     let signals = tokio::spawn(handle_signals(
         Arc::clone(&handle.state),
         handle.shutdown.clone(),
