@@ -18,7 +18,7 @@ use tracing::warn;
 
 use super::acks::BatchAcks;
 use super::in_flight::InFlightGuard;
-use super::sink::{Destinations, Sink};
+use super::sink::{is_poison, Destinations, Sink};
 use super::source::Consumer;
 use crate::service::state::ServiceState;
 
@@ -80,12 +80,13 @@ impl CommitStage {
                     Err(_) => return Ok(()),
                 },
             };
-            self.confirm(&head)?;
+            let mut head = head;
+            self.confirm(&mut head)?;
             let mut group = vec![head];
             loop {
                 match batches.try_recv() {
-                    Ok(next) if next.acks.is_settled() => {
-                        self.confirm(&next)?;
+                    Ok(mut next) if next.acks.is_settled() => {
+                        self.confirm(&mut next)?;
                         group.push(next);
                     }
                     Ok(next) => {
@@ -100,10 +101,21 @@ impl CommitStage {
         }
     }
 
-    /// Waits for every record of the batch, sending refused ones again.
-    fn confirm(&self, batch: &ProducedBatch) -> anyhow::Result<()> {
+    /// Waits for every record of the batch, sending refused ones again; records the broker
+    /// still refuses for good after `MAX_SEND_ATTEMPTS` rounds go to the dead-letter topic as
+    /// `undeliverable`. The pipeline's readiness goes false the moment this gives up.
+    fn confirm(&self, batch: &mut ProducedBatch) -> anyhow::Result<()> {
+        let result = self.confirm_or_divert(batch);
+        if let Err(e) = &result {
+            self.state.health.fail(format!("{e:#}"));
+        }
+        result
+    }
+
+    fn confirm_or_divert(&self, batch: &mut ProducedBatch) -> anyhow::Result<()> {
         let mut acks = Arc::clone(&batch.acks);
         let mut round = 1;
+        let mut diverted = false;
         loop {
             while !acks.wait(ACK_WAIT_SLICE) {
                 warn!(
@@ -115,14 +127,37 @@ impl CommitStage {
             let Some(first) = failures.first() else {
                 return Ok(());
             };
-            if round >= MAX_SEND_ATTEMPTS {
+            if diverted {
                 return Err(anyhow!(
-                    "giving up on {} record(s) to {} after {round} attempts: {}; \
-                     their batch stays uncommitted",
+                    "{} record(s) the broker refused could not be written to the dead-letter \
+                     topic {} as `undeliverable` either: {}; their batch stays uncommitted",
                     failures.len(),
-                    first.record.topic(),
+                    self.sink.dead_letter_topic(),
                     first.error
                 ));
+            }
+            if round >= MAX_SEND_ATTEMPTS {
+                if !failures.iter().all(|f| is_poison(&f.error)) {
+                    return Err(anyhow!(
+                        "giving up on {} record(s) to {} after {round} attempts: {}; \
+                         their batch stays uncommitted",
+                        failures.len(),
+                        first.record.topic(),
+                        first.error
+                    ));
+                }
+                warn!(records = failures.len(), topic = first.record.topic(), error = %first.error,
+                      attempts = round, "the broker refuses these records for good; dead-lettering them as undeliverable");
+                for failure in &failures {
+                    batch
+                        .destinations
+                        .reroute_undeliverable(failure, self.sink.dead_letter_topic());
+                }
+                let diversion = Arc::new(BatchAcks::new(failures.len()));
+                self.sink.divert(&failures, &diversion, || false)?;
+                acks = diversion;
+                diverted = true;
+                continue;
             }
             warn!(records = failures.len(), topic = first.record.topic(), error = %first.error,
                   attempt = round, "delivery failed; re-sending");

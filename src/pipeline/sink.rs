@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tracing::warn;
@@ -16,7 +16,7 @@ use tracing::warn;
 use super::acks::{BatchAcks, Failure};
 use super::{Guarantee, PipelineConfig};
 use crate::logging::LogThrottle;
-use crate::record::Reason;
+use crate::record::{Reason, SourcePosition};
 use crate::transform::Outcome;
 
 /// Pause before re-offering a record to a full producer queue.
@@ -40,6 +40,25 @@ pub struct Destinations {
 impl Destinations {
     pub fn total(&self) -> u64 {
         self.outputs + self.dead_letters.iter().sum::<u64>()
+    }
+
+    /// Moves a refused record from where it was counted to `undeliverable`.
+    pub fn reroute_undeliverable(&mut self, failure: &Failure, dead_letter_topic: &str) {
+        let record = &failure.record;
+        if record.topic() == dead_letter_topic {
+            let reason = record
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == HEADER_REASON))
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+                .and_then(Reason::from_code);
+            if let Some(reason) = reason {
+                let slot = &mut self.dead_letters[reason as usize];
+                *slot = slot.saturating_sub(1);
+            }
+        } else {
+            self.outputs = self.outputs.saturating_sub(1);
+        }
+        self.dead_letters[Reason::Undeliverable as usize] += 1;
     }
 }
 
@@ -75,6 +94,7 @@ pub type OutputProducer = ThreadedProducer<DeliveryReports>;
 
 pub struct Sink {
     producer: OutputProducer,
+    input_topic: String,
     output_topic: String,
     dead_letter_topic: String,
 }
@@ -83,6 +103,7 @@ impl Sink {
     pub fn new(config: &PipelineConfig) -> KafkaResult<Self> {
         Ok(Self {
             producer: producer_settings(config).create_with_context(DeliveryReports::default())?,
+            input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
         })
@@ -120,7 +141,11 @@ impl Sink {
                     if let Some(key) = input.key() {
                         record = record.key(key);
                     }
-                    if let Some(payload) = input.payload() {
+                    if rejection.reason == Reason::Undeliverable {
+                        // The same rule as `undeliverable_headers`: the input is named by its
+                        // position, not carried, so its size cannot be refused again.
+                        record = without_payload(record);
+                    } else if let Some(payload) = input.payload() {
                         record = record.payload(payload);
                     }
                     destinations.dead_letters[rejection.reason as usize] += 1;
@@ -173,6 +198,38 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// Sends records the broker refused for good to the dead-letter topic as `undeliverable`
+    /// (see `undeliverable_headers`), each settling `acks`.
+    pub fn divert(
+        &self,
+        failures: &[Failure],
+        acks: &Arc<BatchAcks>,
+        mut give_up: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        for (sent, failure) in failures.iter().enumerate() {
+            let headers =
+                undeliverable_headers(failure, &self.dead_letter_topic, &self.input_topic);
+            let mut record = BaseRecord::with_opaque_to(&self.dead_letter_topic, Arc::clone(acks))
+                .headers(headers);
+            if let Some(key) = failure.record.key() {
+                record = record.key(key);
+            }
+            if let Err(e) = self.enqueue(record, &mut give_up) {
+                acks.withdraw(failures.len() - sent);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn output_topic(&self) -> &str {
+        &self.output_topic
+    }
+
+    pub fn dead_letter_topic(&self) -> &str {
+        &self.dead_letter_topic
     }
 
     /// Hands a record to librdkafka, waiting while its queue is full: this is where a slow
@@ -251,6 +308,123 @@ fn without_payload<'a, D: rdkafka::util::IntoOpaque>(
         headers: Some(headers),
         ..record
     }
+}
+
+/// A refusal that re-sending the same record cannot cure: the broker judged the record
+/// itself (its size, its format, a null key on a compacted topic), not its own state.
+pub fn is_poison(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::PolicyViolation
+        )
+    )
+}
+
+/// Where a refused record came from: a dead letter names it in its headers, a prediction in
+/// its own JSON (every output carries its input's `partition` and `offset`).
+pub fn source_of(record: &OwnedMessage) -> Option<SourcePosition> {
+    if let Some(headers) = record.headers() {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        if let (Some(partition), Some(offset)) = (
+            header(HEADER_SOURCE_PARTITION),
+            header(HEADER_SOURCE_OFFSET),
+        ) {
+            return Some(SourcePosition {
+                partition: i32::try_from(partition).ok()?,
+                offset,
+            });
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Position {
+        partition: i32,
+        offset: i64,
+    }
+    let position: Position = serde_json::from_slice(record.payload()?).ok()?;
+    Some(SourcePosition {
+        partition: position.partition,
+        offset: position.offset,
+    })
+}
+
+/// The headers of an `undeliverable` dead letter standing in for a refused record: the
+/// refused record's own headers (a dead letter's original ones, say) without its reason and
+/// error, then reason `undeliverable`, the broker's error, and where the input came from. It
+/// never carries a value: whatever made the broker refuse the record must not make it refuse
+/// this one, and the input can be read again at the position named.
+pub fn undeliverable_headers(
+    failure: &Failure,
+    dead_letter_topic: &str,
+    input_topic: &str,
+) -> OwnedHeaders {
+    let record = &failure.record;
+    let mut headers = OwnedHeaders::new();
+    let mut has_source = false;
+    if let Some(own) = record.headers() {
+        for h in own.iter() {
+            if h.key == HEADER_REASON || h.key == HEADER_ERROR || h.key == HEADER_PAYLOAD_OMITTED {
+                continue;
+            }
+            has_source |= h.key == HEADER_SOURCE_TOPIC;
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let refused = if record.topic() == dead_letter_topic {
+        "dead letter"
+    } else {
+        "output"
+    };
+    headers = headers
+        .insert(Header {
+            key: HEADER_REASON,
+            value: Some(Reason::Undeliverable.code()),
+        })
+        .insert(Header {
+            key: HEADER_ERROR,
+            value: Some(&format!(
+                "the broker refused the {refused} on {}: {}",
+                record.topic(),
+                failure.error
+            )),
+        })
+        .insert(Header {
+            key: HEADER_PAYLOAD_OMITTED,
+            value: Some("true"),
+        });
+    if !has_source {
+        if let Some(source) = source_of(record) {
+            headers = headers
+                .insert(Header {
+                    key: HEADER_SOURCE_TOPIC,
+                    value: Some(input_topic),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_PARTITION,
+                    value: Some(&source.partition.to_string()),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_OFFSET,
+                    value: Some(&source.offset.to_string()),
+                });
+        }
+    }
+    headers
 }
 
 fn dead_letter_headers(input: &impl Message, reason: &str, detail: &str) -> OwnedHeaders {

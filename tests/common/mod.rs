@@ -307,6 +307,8 @@ impl TestBroker {
         while !done(&out) {
             let message = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
+                // `done` may depend on time passing (a quiet period), not only on records.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
                 m = consumer.recv() => m,
             };
             let Ok(m) = message else { continue };
@@ -551,7 +553,38 @@ pub fn iris_inputs(range: std::ops::Range<usize>) -> Vec<Input> {
         .collect()
 }
 
-/// Reads the output topic until every id below `n` has appeared (or `timeout`).
+/// How long collection goes on after every expected record was seen, so that duplicates
+/// arriving later are counted too.
+pub const QUIET_PERIOD: Duration = Duration::from_secs(2);
+
+/// Reads `topics` until `complete` (fed each record as it arrives) says everything expected
+/// has come, then until nothing new arrives for `QUIET_PERIOD` (or `timeout` overall).
+pub async fn collect_settled(
+    broker: &TestBroker,
+    topics: &[&str],
+    partitions: i32,
+    timeout: Duration,
+    mut complete: impl FnMut(&Collected) -> bool,
+) -> Vec<Collected> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut done = false;
+    let mut last_new = tokio::time::Instant::now();
+    let mut seen = 0;
+    broker
+        .collect_until(topics, partitions, timeout, |got| {
+            let now = tokio::time::Instant::now();
+            for c in &got[seen..] {
+                done |= complete(c);
+                last_new = now;
+            }
+            seen = got.len();
+            (done && now.duration_since(last_new) >= QUIET_PERIOD) || now >= deadline
+        })
+        .await
+}
+
+/// Reads the output topic until every id below `n` has appeared (or `timeout`), then for a
+/// quiet period more, so later duplicates are counted.
 pub async fn collect_ids(
     broker: &TestBroker,
     topics: &Topics,
@@ -559,21 +592,21 @@ pub async fn collect_ids(
     timeout: Duration,
 ) -> Vec<Collected> {
     let mut seen = std::collections::HashSet::new();
-    broker
-        .collect_until(&[&topics.output], topics.partitions, timeout, |got| {
-            if let Some(id) = got.last().and_then(|l| l.json()["id"].as_u64()) {
-                seen.insert(id);
-            }
-            seen.len() >= n
-        })
-        .await
+    collect_settled(broker, &[&topics.output], topics.partitions, timeout, |c| {
+        if let Some(id) = c.json()["id"].as_u64() {
+            seen.insert(id);
+        }
+        seen.len() >= n
+    })
+    .await
 }
 
-/// The value of one series in a Prometheus text exposition (0 when absent).
+/// The value of one series in a Prometheus text exposition. A series that is absent is a
+/// test failure, not a zero: a renamed metric must not pass an `== 0` check.
 pub fn metric(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("metric series {series} is not exposed"))
 }
 
 /// Loss and duplicate counts of a run, printed for the fault matrix.
