@@ -25,6 +25,9 @@ const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub type Consumer = BaseConsumer<SourceContext>;
 
+/// The consumer group session timeout unless `-X session.timeout.ms` says otherwise.
+pub const DEFAULT_SESSION_TIMEOUT_MS: &str = "10000";
+
 pub struct SourceContext {
     input_topic: String,
     state: Arc<ServiceState>,
@@ -61,20 +64,47 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            // librdkafka does not recover from these (a fenced static member, say): stop
-            // being ready now; the scoring loop sees the failure and exits.
-            error!(error = %error, reason, "fatal consumer error");
+impl SourceContext {
+    /// Sees every consumer error, from the client's error callback and from polls: one that
+    /// librdkafka cannot recover from by itself stops the pipeline (readiness false now, exit
+    /// non-zero), the rest are logged, throttled.
+    pub fn consumer_error(&self, error: &KafkaError, reason: &str) {
+        if let Some(why) = unrecoverable(error) {
+            error!(error = %error, reason, "{why}; stopping with uncommitted records left for a restart");
             self.state
                 .health
-                .fail(format!("fatal consumer error: {reason}"));
+                .fail(format!("{why}: {error} {reason}").trim_end().to_owned());
             return;
         }
         if let Some(suppressed) = self.client_errors.admit() {
-            warn!(error = %error, reason, suppressed, "Kafka client error");
+            warn!(error = %error, reason, suppressed, "Kafka consumer error");
         }
+    }
+}
+
+/// Consumer errors that librdkafka does not get past by itself, or gets past only by
+/// skipping records: a fenced static member, missing permissions, a batch it cannot
+/// decompress or parse (it would move on past it, and committing later offsets would skip
+/// those records for good).
+pub fn unrecoverable(error: &KafkaError) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    Some(match error.rdkafka_error_code()? {
+        C::Fatal | C::FencedInstanceId | C::Fenced => "fatal consumer error",
+        C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication => "not authorized to consume",
+        C::BadCompression | C::UnsupportedCompressionType | C::NotImplemented | C::BadMessage => {
+            "input records that cannot be read"
+        }
+        _ => return None,
+    })
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.consumer_error(&error, reason);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -152,6 +182,13 @@ pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // librdkafka's 45 s default is how long a crashed instance's partitions sit idle
+        // before the group gives them to someone else (measured: 44-88 s per restart on the
+        // mock). A service that restarts in milliseconds and heartbeats from its own thread
+        // needs far less; with static membership (`--instance-id`) a restart within this
+        // window takes its partitions back without any rebalance.
+        .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
+        .set("heartbeat.interval.ms", "2000")
         // Apache Kafka answers a fetch as soon as data arrives, but some brokers (tansu,
         // librdkafka's mock) hold a fetch that found nothing at the moment it came in for the
         // full wait, even if records arrive meanwhile. A consumer that keeps up sends its next
@@ -176,4 +213,42 @@ pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
         client.set(key, value);
     }
     client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_librdkafka_cannot_get_past_are_unrecoverable() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::Fatal,
+            C::FencedInstanceId,
+            C::TopicAuthorizationFailed,
+            C::GroupAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+            C::BadCompression,
+            C::UnsupportedCompressionType,
+            C::BadMessage,
+        ] {
+            assert!(
+                unrecoverable(&KafkaError::MessageConsumption(code)).is_some(),
+                "{code:?}"
+            );
+        }
+        for code in [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::NotCoordinator,
+            C::UnknownTopicOrPartition,
+            C::RequestTimedOut,
+        ] {
+            assert!(
+                unrecoverable(&KafkaError::MessageConsumption(code)).is_none(),
+                "{code:?}"
+            );
+        }
+        assert!(unrecoverable(&KafkaError::Global(C::Fatal)).is_some());
+    }
 }
