@@ -64,3 +64,29 @@ async fn an_authorization_failure_stops() {
     .await;
     assert!(message.contains("not authorized"), "{message}");
 }
+
+/// A shutdown whose last commit failed is not a clean stop: it ends with an error (the binary
+/// exits non-zero) instead of "every consumed record is committed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_could_not_commit_is_an_error() {
+    let broker = TestBroker::mock();
+    let mock = broker.mock.as_ref().expect("a mock cluster");
+    let topics = broker.topics(2).await;
+    let service = broker
+        .start_service(&topics, &unique("group"), &repo_path(IRIS_MODEL))
+        .await;
+    wait_ready(service.http_addr, Duration::from_secs(30)).await;
+    // Non-retriable, and without side effects on the group: every commit from now fails.
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &vec![RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 1000],
+    );
+    broker.produce(&topics.input, &iris_inputs(0..100)).await;
+    let outputs = broker
+        .collect(&[&topics.output], 2, 100, Duration::from_secs(30))
+        .await;
+    assert_eq!(outputs.len(), 100, "delivered, only not committed");
+    let err = service.stop().await.expect_err("not a clean stop");
+    let message = format!("{err:#}");
+    assert!(message.contains("offset commit failed"), "{message}");
+}

@@ -279,6 +279,24 @@ async fn instances_joining_and_leaving_mid_stream() {
             Duration::from_secs(60),
         )
         .await;
+    // The newcomers really took part: they were given partitions and scored records (or
+    // this test would pass with the first instance doing all the work).
+    for (name, joined) in [("second", &second), ("third", &third)] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while joined.state.metrics.records_in.get() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the {name} instance never scored a record (partitions: {})",
+                joined.state.assignment.count()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "{name} instance: {} partitions, {} records scored",
+            joined.state.assignment.count(),
+            joined.state.metrics.records_in.get()
+        );
+    }
     second.stop().await.expect("second leaves cleanly");
     third.stop().await.expect("third leaves cleanly");
     traffic.await.expect("traffic sent");

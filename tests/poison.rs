@@ -5,8 +5,7 @@
 //!
 //! The mock cluster injects request errors per API for the whole cluster, which would hit the
 //! dead-letter topic as well; here the output topic's partitions are led by their own broker
-//! and the errors are pushed onto that broker alone (librdkafka's per-broker error stack,
-//! which the rdkafka crate does not wrap).
+//! and the errors are pushed onto that broker alone (`common::MockBrokers`).
 
 mod common;
 
@@ -15,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, Producer as _};
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::types::RDKafkaRespErr;
 use streamscore::pipeline::sink::{
     HEADER_PAYLOAD_OMITTED, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
 };
@@ -29,78 +26,7 @@ const INPUT_BROKER: i32 = 1;
 const OUTPUT_BROKER: i32 = 2;
 const DEAD_LETTER_BROKER: i32 = 3;
 
-/// A three-broker mock cluster that places each topic on a broker of the test's choosing.
-struct Cluster {
-    owner: BaseProducer,
-    broker: TestBroker,
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let owner: BaseProducer = ClientConfig::new()
-            .set("test.mock.num.brokers", "3")
-            .create()
-            .expect("mock cluster");
-        let brokers = owner
-            .client()
-            .mock_cluster()
-            .expect("a mock cluster")
-            .bootstrap_servers();
-        Self {
-            owner,
-            broker: TestBroker {
-                brokers,
-                mock: None,
-            },
-        }
-    }
-
-    fn topic(&self, prefix: &str, leader: i32) -> String {
-        let name = unique(prefix);
-        let mock = self.owner.client().mock_cluster().expect("a mock cluster");
-        mock.create_topic(&name, PARTITIONS, 1)
-            .expect("topic created");
-        for p in 0..PARTITIONS {
-            mock.partition_leader(&name, p, Some(leader))
-                .expect("leader set");
-        }
-        name
-    }
-
-    fn topics(&self) -> Topics {
-        Topics {
-            input: self.topic("in", INPUT_BROKER),
-            output: self.topic("out", OUTPUT_BROKER),
-            dead_letters: self.topic("dlq", DEAD_LETTER_BROKER),
-            partitions: PARTITIONS,
-        }
-    }
-
-    /// The next `n` produce requests `broker` receives are answered with `error`.
-    fn refuse_produce(&self, broker: i32, n: usize, error: RDKafkaRespErr) {
-        use rdkafka::bindings::{
-            rd_kafka_handle_mock_cluster, rd_kafka_mock_broker_push_request_error_rtts,
-        };
-        // SAFETY: `owner` owns the mock cluster and outlives the call; the variadic arguments
-        // are `cnt` pairs of (error code, round-trip time in ms), both C ints.
-        unsafe {
-            let mock = rd_kafka_handle_mock_cluster(self.owner.client().native_ptr());
-            assert!(!mock.is_null());
-            for _ in 0..n {
-                rd_kafka_mock_broker_push_request_error_rtts(
-                    mock,
-                    broker,
-                    RDKafkaApiKey::Produce as i16,
-                    1,
-                    error as std::os::raw::c_int,
-                    0 as std::os::raw::c_int,
-                );
-            }
-        }
-    }
-}
-
-async fn start(cluster: &Cluster, topics: &Topics, guarantee: Guarantee) -> ServiceHandle {
+async fn start(cluster: &MockBrokers, topics: &Topics, guarantee: Guarantee) -> ServiceHandle {
     let mut config = cluster.broker.pipeline_config(topics, &unique("group"));
     config.max_batch = 100;
     config.guarantee = guarantee;
@@ -119,7 +45,7 @@ fn exactly_once() -> Guarantee {
 /// Input keys (`k<i>`) seen on the output topic and as `undeliverable` dead letters, read until
 /// every input is accounted for and then 2 s more, so later duplicates are counted too.
 async fn outcomes(
-    cluster: &Cluster,
+    cluster: &MockBrokers,
     topics: &Topics,
     n: usize,
 ) -> (HashMap<String, usize>, Vec<Collected>) {
@@ -167,8 +93,8 @@ fn check_undeliverable(letters: &[Collected]) {
 async fn a_refused_output_is_dead_lettered(guarantee: Guarantee, errors: usize) {
     let mode = format!("{guarantee:?}");
     const N: usize = 600;
-    let cluster = Cluster::start();
-    let topics = cluster.topics();
+    let cluster = MockBrokers::start(3);
+    let topics = cluster.topics(PARTITIONS, [INPUT_BROKER, OUTPUT_BROKER, DEAD_LETTER_BROKER]);
     cluster.broker.produce(&topics.input, &iris_inputs(0..N)).await;
     cluster.refuse_produce(
         OUTPUT_BROKER,
@@ -201,8 +127,8 @@ async fn a_refused_output_is_dead_lettered(guarantee: Guarantee, errors: usize) 
 
 async fn stops_when_the_dead_letter_topic_refuses_too(guarantee: Guarantee) {
     const N: usize = 300;
-    let cluster = Cluster::start();
-    let topics = cluster.topics();
+    let cluster = MockBrokers::start(3);
+    let topics = cluster.topics(PARTITIONS, [INPUT_BROKER, OUTPUT_BROKER, DEAD_LETTER_BROKER]);
     cluster.broker.produce(&topics.input, &iris_inputs(0..N)).await;
     for broker in [OUTPUT_BROKER, DEAD_LETTER_BROKER] {
         cluster.refuse_produce(broker, 500, RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD);

@@ -72,12 +72,24 @@ impl CommitStage {
     /// cannot be delivered (then the error, with that batch and every later one uncommitted).
     pub fn run(&self, batches: Receiver<ProducedBatch>) -> anyhow::Result<()> {
         let mut carried: Option<ProducedBatch> = None;
+        // The error of the last commit, while no later one has superseded it.
+        let mut unsaved: Option<KafkaError> = None;
         loop {
             let head = match carried.take() {
                 Some(batch) => batch,
                 None => match batches.recv() {
                     Ok(batch) => batch,
-                    Err(_) => return Ok(()),
+                    Err(_) => {
+                        return match unsaved {
+                            // Delivered, but the position is not saved: a restart re-reads
+                            // the last batches. Not a clean stop.
+                            Some(e) => Err(anyhow!(
+                                "the last offset commit failed ({e}); the last batches' records \
+                                 are delivered but will be read again"
+                            )),
+                            None => Ok(()),
+                        };
+                    }
                 },
             };
             let mut head = head;
@@ -96,7 +108,7 @@ impl CommitStage {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.commit(&group);
+            unsaved = self.commit(&group).err();
             // Dropping the group frees its in-flight slots.
         }
     }
@@ -172,7 +184,7 @@ impl CommitStage {
         }
     }
 
-    fn commit(&self, group: &[ProducedBatch]) {
+    fn commit(&self, group: &[ProducedBatch]) -> KafkaResult<()> {
         let mut offsets = NextOffsets::new();
         for batch in group {
             for (partition, next) in &batch.offsets {
@@ -183,7 +195,7 @@ impl CommitStage {
         let result = to_partition_list(&self.input_topic, &offsets)
             .and_then(|tpl| commit_with_retries(&self.consumer, &tpl));
         let metrics = &self.state.metrics;
-        if let Err(e) = result {
+        if let Err(e) = &result {
             // The records are delivered; only the position is not saved, so they will be
             // re-read and scored again (at-least-once). The next commit for the same
             // partitions supersedes this one.
@@ -198,6 +210,7 @@ impl CommitStage {
                 &batch.model_version,
             );
         }
+        result
     }
 }
 
