@@ -394,3 +394,53 @@ async fn recovery_time_after_sigkill() {
         "recovery with an instance id is no slower: {measured:?}"
     );
 }
+
+/// A commit that fails just before a rebalance frees its batch like a successful one. The
+/// revoke commits those delivered offsets before the partitions go (from the rebalance
+/// callback, where Apache Kafka accepts a commit: the group is PreparingRebalance and the
+/// member still in its generation). The mock cannot show that: it answers every commit with
+/// REBALANCE_IN_PROGRESS from the moment a member joins, the revoke's included, so here the
+/// refused batch is scored again — once, and nothing else is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_failed_before_a_rebalance_repeats_at_most_that_batch() {
+    const N: usize = 400;
+    let broker = TestBroker::mock();
+    let mock = broker.mock.as_ref().expect("a mock cluster");
+    let topics = broker.topics(PARTITIONS).await;
+    let group = unique("group");
+    let mut config = broker.pipeline_config(&topics, &group);
+    config.max_batch = 1000;
+    config.batch_interval = Duration::from_secs(1);
+    let model = repo_path(IRIS_MODEL);
+    let first = broker
+        .start_service_with(config.clone(), &model, None)
+        .await;
+    wait_ready(first.http_addr, Duration::from_secs(30)).await;
+    broker.produce(&topics.input, &iris_inputs(0..200)).await;
+    let _ = broker
+        .collect(&[&topics.output], PARTITIONS, 200, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // One batch, whose commit is refused.
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE],
+    );
+    broker.produce(&topics.input, &iris_inputs(200..300)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while first.state.metrics.commit_failures.get() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the commit failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let second = broker.start_service_with(config, &model, None).await;
+    wait_ready(second.http_addr, Duration::from_secs(30)).await;
+    broker.produce(&topics.input, &iris_inputs(300..N)).await;
+    let outputs = collect_ids(&broker, &topics, N, Duration::from_secs(60)).await;
+    second.stop().await.expect("second stops cleanly");
+    first.stop().await.expect("first stops cleanly");
+    let t = tally("a commit refused, then a rebalance", N, &outputs);
+    assert_eq!(t.missing, 0, "lost records");
+    assert!(t.duplicates <= 100, "only the refused batch is repeated: {t:?}");
+}

@@ -50,6 +50,46 @@ pub fn to_partition_list(topic: &str, offsets: &NextOffsets) -> KafkaResult<Topi
     Ok(tpl)
 }
 
+/// Offsets of delivered batches whose commit failed and that no later commit has covered.
+/// A failed commit frees its batch's in-flight slot like a successful one, so without this
+/// a revoke would let the partitions go with their last batches delivered but unsaved, and
+/// their next owner would score them again; the revoke commits these first (from inside
+/// the rebalance callback, while this member still belongs to the generation).
+#[derive(Default)]
+pub struct UnsavedOffsets(std::sync::Mutex<NextOffsets>);
+
+impl UnsavedOffsets {
+    pub fn failed(&self, offsets: &NextOffsets) {
+        let mut unsaved = self.lock();
+        for (partition, next) in offsets {
+            let slot = unsaved.entry(*partition).or_insert(*next);
+            *slot = (*slot).max(*next);
+        }
+    }
+
+    pub fn saved(&self, offsets: &NextOffsets) {
+        let mut unsaved = self.lock();
+        for (partition, next) in offsets {
+            if unsaved.get(partition).is_some_and(|u| u <= next) {
+                unsaved.remove(partition);
+            }
+        }
+    }
+
+    /// The unsaved offsets of `partitions`, forgotten here.
+    pub fn take(&self, partitions: &[i32]) -> NextOffsets {
+        let mut unsaved = self.lock();
+        partitions
+            .iter()
+            .filter_map(|p| unsaved.remove(p).map(|next| (*p, next)))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NextOffsets> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A batch handed to the producer, travelling to the commit stage with its in-flight slot.
 pub struct ProducedBatch {
     pub acks: Arc<BatchAcks>,
@@ -194,6 +234,11 @@ impl CommitStage {
         }
         let result = to_partition_list(&self.input_topic, &offsets)
             .and_then(|tpl| commit_with_retries(&self.consumer, &tpl));
+        let unsaved = &self.consumer.context().unsaved;
+        match &result {
+            Ok(()) => unsaved.saved(&offsets),
+            Err(_) => unsaved.failed(&offsets),
+        }
         let metrics = &self.state.metrics;
         if let Err(e) = &result {
             // The records are delivered; only the position is not saved, so they will be
@@ -259,6 +304,24 @@ mod tests {
             offset,
             None,
         )
+    }
+
+    #[test]
+    fn unsaved_offsets_are_kept_until_a_later_commit_covers_them() {
+        let unsaved = UnsavedOffsets::default();
+        unsaved.failed(&NextOffsets::from([(0, 10), (1, 5)]));
+        unsaved.failed(&NextOffsets::from([(0, 12)]));
+        unsaved.saved(&NextOffsets::from([(1, 4)]));
+        assert_eq!(
+            unsaved.take(&[1]),
+            NextOffsets::from([(1, 5)]),
+            "an older commit does not cover it"
+        );
+        unsaved.failed(&NextOffsets::from([(1, 5)]));
+        unsaved.saved(&NextOffsets::from([(1, 6)]));
+        assert!(unsaved.take(&[1]).is_empty(), "a later commit covers it");
+        assert_eq!(unsaved.take(&[0, 2]), NextOffsets::from([(0, 12)]));
+        assert!(unsaved.take(&[0]).is_empty(), "taken once");
     }
 
     #[test]

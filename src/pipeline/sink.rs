@@ -460,3 +460,234 @@ fn dead_letter_headers(input: &impl Message, reason: &str, detail: &str) -> Owne
             value: Some(&input.offset().to_string()),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The sink's re-send rules, without a broker: a producer pointed at a closed loopback
+    //! port takes records into its queue and reports each one failed after
+    //! `message.timeout.ms`, which is all these rules need.
+    use super::*;
+    use rdkafka::message::Timestamp;
+    use std::time::Duration;
+
+    fn config(extra: &[(&str, &str)]) -> PipelineConfig {
+        let mut properties = vec![
+            ("message.timeout.ms".to_owned(), "200".to_owned()),
+            ("enable.idempotence".to_owned(), "false".to_owned()),
+        ];
+        properties.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        PipelineConfig {
+            brokers: "127.0.0.1:1".into(),
+            properties,
+            consumer_properties: Vec::new(),
+            input_topic: "in".into(),
+            output_topic: "out".into(),
+            dead_letter_topic: "dlq".into(),
+            group: "g".into(),
+            batch_interval: Duration::from_millis(10),
+            max_batch: 10,
+            max_batch_bytes: 1 << 20,
+            max_record_bytes: 1 << 20,
+            guarantee: Guarantee::AtLeastOnce,
+        }
+    }
+
+    fn header<'a>(headers: &'a OwnedHeaders, name: &str) -> Vec<&'a str> {
+        headers
+            .iter()
+            .filter(|h| h.key == name)
+            .filter_map(|h| std::str::from_utf8(h.value?).ok())
+            .collect()
+    }
+
+    fn failure(
+        topic: &str,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        code: RDKafkaErrorCode,
+    ) -> Failure {
+        Failure {
+            error: KafkaError::MessageProduction(code),
+            record: OwnedMessage::new(
+                payload.map(<[u8]>::to_vec),
+                Some(b"key-7".to_vec()),
+                topic.into(),
+                Timestamp::NotAvailable,
+                0,
+                -1,
+                headers,
+            ),
+        }
+    }
+
+    fn input(partition: i32, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(b"{\"x\":1}".to_vec()),
+            Some(b"key-7".to_vec()),
+            "in".into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn poison_is_what_the_broker_refuses_for_good() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidRecord,
+            C::InvalidMessage,
+            C::PolicyViolation,
+        ] {
+            assert!(is_poison(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::NotEnoughReplicas,
+            C::TopicAuthorizationFailed,
+            C::UnknownTopicOrPartition,
+            C::QueueFull,
+        ] {
+            assert!(!is_poison(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn an_undeliverable_output_names_its_input_and_carries_no_value() {
+        let refused = failure(
+            "out",
+            Some(br#"{"id":3,"label":"setosa","partition":2,"offset":41}"#),
+            None,
+            RDKafkaErrorCode::InvalidRecord,
+        );
+        let headers = undeliverable_headers(&refused, "dlq", "in");
+        assert_eq!(header(&headers, HEADER_REASON), ["undeliverable"]);
+        assert_eq!(header(&headers, HEADER_SOURCE_TOPIC), ["in"]);
+        assert_eq!(header(&headers, HEADER_SOURCE_PARTITION), ["2"]);
+        assert_eq!(header(&headers, HEADER_SOURCE_OFFSET), ["41"]);
+        assert_eq!(header(&headers, HEADER_PAYLOAD_OMITTED), ["true"]);
+        let error = header(&headers, HEADER_ERROR).join("");
+        assert!(error.contains("output on out"), "{error}");
+    }
+
+    #[test]
+    fn an_undeliverable_dead_letter_keeps_its_headers_with_one_new_reason() {
+        let original = dead_letter_headers(&input(1, 9), "too_large", "10 MB")
+            .insert(Header {
+                key: "trace",
+                value: Some("abc"),
+            })
+            .insert(Header {
+                key: HEADER_PAYLOAD_OMITTED,
+                value: Some("true"),
+            });
+        let refused = failure(
+            "dlq",
+            None,
+            Some(original),
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        );
+        let headers = undeliverable_headers(&refused, "dlq", "in");
+        assert_eq!(header(&headers, HEADER_REASON), ["undeliverable"]);
+        assert_eq!(header(&headers, HEADER_SOURCE_PARTITION), ["1"], "not repeated");
+        assert_eq!(header(&headers, HEADER_SOURCE_OFFSET), ["9"]);
+        assert_eq!(header(&headers, HEADER_PAYLOAD_OMITTED), ["true"]);
+        assert_eq!(header(&headers, "trace"), ["abc"]);
+        assert_eq!(header(&headers, HEADER_ERROR).len(), 1);
+    }
+
+    #[test]
+    fn rerouting_moves_the_count_to_undeliverable() {
+        let mut d = Destinations {
+            outputs: 3,
+            ..Destinations::default()
+        };
+        d.dead_letters[Reason::TooLarge as usize] = 1;
+        d.reroute_undeliverable(
+            &failure("out", Some(b"{}"), None, RDKafkaErrorCode::InvalidRecord),
+            "dlq",
+        );
+        let refused_letter = failure(
+            "dlq",
+            None,
+            Some(dead_letter_headers(&input(0, 1), "too_large", "")),
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        );
+        d.reroute_undeliverable(&refused_letter, "dlq");
+        assert_eq!(d.outputs, 2);
+        assert_eq!(d.dead_letters[Reason::TooLarge as usize], 0);
+        assert_eq!(d.dead_letters[Reason::Undeliverable as usize], 2);
+        assert_eq!(d.total(), 4, "nothing counted twice or lost");
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_for_its_topic_is_resent_without_its_value() {
+        let sink = Sink::new(&config(&[])).unwrap();
+        let too_large = failure(
+            "dlq",
+            Some(&[7u8; 64]),
+            Some(dead_letter_headers(&input(0, 5), "invalid_json", "")),
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        );
+        let output = failure(
+            "out",
+            Some(b"{}"),
+            None,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        );
+        let acks = Arc::new(BatchAcks::new(2));
+        sink.resend(&[too_large, output], &acks, || false).unwrap();
+        assert!(acks.wait(Duration::from_secs(20)), "reported");
+        let mut failures = acks.take_failures();
+        failures.sort_by(|a, b| a.record.topic().cmp(b.record.topic()));
+        let (letter, output) = (&failures[0].record, &failures[1].record);
+        assert_eq!(letter.topic(), "dlq");
+        assert!(letter.payload().is_none(), "value dropped");
+        let headers = letter.headers().unwrap().clone();
+        assert_eq!(header(&headers, HEADER_PAYLOAD_OMITTED), ["true"]);
+        assert_eq!(header(&headers, HEADER_REASON), ["invalid_json"]);
+        assert_eq!(output.payload(), Some(&b"{}"[..]), "an output keeps its value");
+    }
+
+    #[test]
+    fn a_diverted_record_goes_to_the_dead_letter_topic_keyed_and_empty() {
+        let sink = Sink::new(&config(&[])).unwrap();
+        let refused = failure(
+            "out",
+            Some(br#"{"partition":0,"offset":1}"#),
+            None,
+            RDKafkaErrorCode::InvalidRecord,
+        );
+        let acks = Arc::new(BatchAcks::new(1));
+        sink.divert(&[refused], &acks, || false).unwrap();
+        assert!(acks.wait(Duration::from_secs(20)));
+        let failures = acks.take_failures();
+        let letter = &failures[0].record;
+        assert_eq!(letter.topic(), "dlq");
+        assert_eq!(letter.key(), Some(&b"key-7"[..]));
+        assert!(letter.payload().is_none());
+        let headers = letter.headers().unwrap().clone();
+        assert_eq!(header(&headers, HEADER_REASON), ["undeliverable"]);
+    }
+
+    #[test]
+    fn a_full_queue_gives_up_when_told_and_withdraws_the_rest() {
+        let sink = Sink::new(&config(&[("queue.buffering.max.messages", "1")])).unwrap();
+        let inputs = [input(0, 1), input(0, 2), input(0, 3)];
+        let outcomes = vec![Outcome::Scored(b"{}".to_vec()); 3];
+        let acks = Arc::new(BatchAcks::new(3));
+        let mut asked = 0;
+        let err = sink
+            .send_batch(&inputs, &outcomes, &acks, || {
+                asked += 1;
+                asked > 3
+            })
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("offset 2"), "{err:#}");
+        assert!(asked > 3, "waited while the queue was full");
+        // The one record handed over is reported; the two withdrawn never will be.
+        assert!(acks.wait(Duration::from_secs(20)), "settled");
+    }
+}

@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::{error, info, warn};
 
+use super::commit::{to_partition_list, UnsavedOffsets};
 use super::in_flight::InFlight;
 use super::PipelineConfig;
 use crate::logging::LogThrottle;
@@ -38,6 +39,8 @@ pub struct SourceContext {
     /// lose the records the batch holds: its new owner (us) restarts from the committed
     /// offset and reads them again.
     revoked: Mutex<BTreeSet<i32>>,
+    /// Offsets the commit stage delivered but could not commit; committed on revoke.
+    pub unsaved: UnsavedOffsets,
 }
 
 impl SourceContext {
@@ -48,6 +51,7 @@ impl SourceContext {
             in_flight,
             client_errors: LogThrottle::default(),
             revoked: Mutex::new(BTreeSet::new()),
+            unsaved: UnsavedOffsets::default(),
         }
     }
 
@@ -102,6 +106,29 @@ pub fn unrecoverable(error: &KafkaError) -> Option<&'static str> {
     })
 }
 
+impl SourceContext {
+    /// Commits what the commit stage delivered but failed to commit for these partitions,
+    /// so that their next owner does not score those records again.
+    fn commit_unsaved(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+        let unsaved = self.unsaved.take(partitions);
+        if unsaved.is_empty() {
+            return;
+        }
+        let result = to_partition_list(&self.input_topic, &unsaved)
+            .and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync));
+        match result {
+            Ok(()) => info!(
+                partitions = unsaved.len(),
+                "committed offsets whose earlier commit had failed before letting the partitions go"
+            ),
+            Err(e) => {
+                self.state.metrics.commit_failures.inc();
+                warn!(error = %e, "partitions revoked with delivered records uncommitted; they will be scored again");
+            }
+        }
+    }
+}
+
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.consumer_error(&error, reason);
@@ -126,7 +153,7 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             // This runs inside the scoring thread's poll, while the commit stage runs on its
             // own thread: waiting here lets the batches already produced from these
@@ -135,6 +162,7 @@ impl ConsumerContext for SourceContext {
                 warn!("partitions revoked with batches still uncommitted; they will be re-read");
             }
             let revoked = self.partitions_of(partitions);
+            self.commit_unsaved(consumer, &revoked);
             self.revoked
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
