@@ -197,9 +197,14 @@ pub struct ServeArgs {
     #[arg(long, env = "STREAMSCORE_GUARANTEE", value_enum, default_value_t = GuaranteeArg::AtLeastOnce)]
     pub guarantee: GuaranteeArg,
     /// Transactional id in exactly-once mode; stable per instance, so a restarted instance
-    /// fences its own zombie. Defaults to `<group>-<hostname>`.
+    /// fences its own zombie. Defaults to `<group>-<instance id>`, else `<group>-<hostname>`.
     #[arg(long, env = "STREAMSCORE_TRANSACTIONAL_ID")]
     pub transactional_id: Option<String>,
+    /// Static group membership (`group.instance.id`): a stable name per instance, such as the
+    /// pod name. A restarted instance then takes its partitions back at once instead of
+    /// waiting for its old session to expire, and no rebalance moves them meanwhile.
+    #[arg(long, env = "STREAMSCORE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Address of the HTTP side port (health, readiness, metrics, model admin).
     #[arg(long, env = "STREAMSCORE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -207,10 +212,17 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn pipeline_config(&self) -> anyhow::Result<crate::pipeline::PipelineConfig> {
+        let instance_id = self
+            .instance_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty());
         Ok(crate::pipeline::PipelineConfig {
             brokers: self.kafka.brokers.clone(),
             properties: self.kafka.all_properties()?,
-            consumer_properties: Vec::new(),
+            consumer_properties: instance_id
+                .map(|id| vec![("group.instance.id".to_owned(), id.to_owned())])
+                .unwrap_or_default(),
             input_topic: self.input_topic.clone(),
             output_topic: self.output_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
@@ -222,10 +234,9 @@ impl ServeArgs {
             guarantee: match self.guarantee {
                 GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
                 GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce {
-                    transactional_id: self
-                        .transactional_id
-                        .clone()
-                        .unwrap_or_else(|| format!("{}-{}", self.group, hostname())),
+                    transactional_id: self.transactional_id.clone().unwrap_or_else(|| {
+                        default_transactional_id(&self.group, instance_id, hostname())
+                    }),
                 },
             },
         })
@@ -238,13 +249,66 @@ pub enum GuaranteeArg {
     ExactlyOnce,
 }
 
-fn hostname() -> String {
+fn hostname() -> Option<String> {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "streamscore".to_owned())
+}
+
+/// A transactional id that differs per instance: two instances sharing one fence each other
+/// in a loop. The instance id or hostname keeps it stable across restarts (a restart fences
+/// its own zombie); with neither, a random suffix at least keeps instances apart.
+fn default_transactional_id(
+    group: &str,
+    instance_id: Option<&str>,
+    host: Option<String>,
+) -> String {
+    if let Some(id) = instance_id.map(str::to_owned).or(host) {
+        return format!("{group}-{id}");
+    }
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per process: enough to tell instances apart.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let suffix = hasher.finish();
+    tracing::warn!(
+        "no --transactional-id, --instance-id or hostname: using a random transactional id; \
+         a restarted instance will not fence its predecessor"
+    );
+    format!("{group}-{suffix:016x}")
+}
+
+/// librdkafka settings that would silently break the delivery guarantee, refused at start-up.
+/// The pipeline commits offsets itself, only after a batch's outputs are acknowledged; its
+/// revoke handling and commits name one topic.
+pub fn refuse_unsafe_settings(config: &crate::pipeline::PipelineConfig) -> anyhow::Result<()> {
+    for (key, value) in config.properties.iter().chain(&config.consumer_properties) {
+        let key = key.trim().to_ascii_lowercase();
+        let off = matches!(value.trim().to_ascii_lowercase().as_str(), "false" | "0");
+        match key.as_str() {
+            "enable.auto.commit" | "enable.auto.offset.store" if !off => anyhow::bail!(
+                "-X {key}={value} is refused: it would commit offsets of records whose outputs \
+                 are not yet acknowledged (records lost on a crash); streamscore commits them \
+                 itself after delivery"
+            ),
+            "transactional.id" => anyhow::bail!(
+                "-X transactional.id is refused: use --guarantee exactly-once with \
+                 --transactional-id, which also runs the transactions"
+            ),
+            "group.id" => anyhow::bail!("-X group.id is refused: use --group"),
+            _ => {}
+        }
+    }
+    if config.input_topic.starts_with('^') {
+        anyhow::bail!(
+            "the input topic {:?} is a regular expression, which is not supported: offsets, \
+             revokes and rewinds are tracked for one named topic; name the topic",
+            config.input_topic
+        );
+    }
+    Ok(())
 }
 
 pub fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -426,6 +490,77 @@ mod tests {
         assert!(format!("{err:#}").contains("SASL password file"), "{err:#}");
         assert!(KafkaCli::try_parse_from(["x", "--sasl-mechanism", "GSSAPI"]).is_err());
         assert!(KafkaCli::try_parse_from(["x", "--ssl-cert", "/c.pem"]).is_err());
+    }
+
+    fn pipeline(properties: &[(&str, &str)], input: &str) -> crate::pipeline::PipelineConfig {
+        let args = ServeArgs::try_parse_from(["serve", "--input-topic", input]).unwrap();
+        let mut config = args.pipeline_config().unwrap();
+        config.properties = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        config
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    impl ServeArgs {
+        fn try_parse_from(args: [&str; 3]) -> Result<Self, clap::Error> {
+            use clap::Parser;
+            Cli::try_parse_from(args).map(|c| c.serve)
+        }
+    }
+
+    #[test]
+    fn settings_that_break_the_guarantee_are_refused() {
+        for (k, v) in [
+            ("enable.auto.commit", "true"),
+            ("ENABLE.AUTO.COMMIT", " 1"),
+            ("enable.auto.offset.store", "true"),
+            ("transactional.id", "x"),
+            ("group.id", "other"),
+        ] {
+            let err = refuse_unsafe_settings(&pipeline(&[(k, v)], "in")).unwrap_err();
+            assert!(err.to_string().contains("refused"), "{k}={v}: {err}");
+        }
+        for (k, v) in [
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "0"),
+            ("linger.ms", "5"),
+        ] {
+            refuse_unsafe_settings(&pipeline(&[(k, v)], "in")).unwrap();
+        }
+        let err = refuse_unsafe_settings(&pipeline(&[], "^in-.*")).unwrap_err();
+        assert!(err.to_string().contains("regular expression"), "{err}");
+    }
+
+    #[test]
+    fn transactional_ids_differ_per_instance_even_without_a_hostname() {
+        assert_eq!(
+            default_transactional_id("g", Some("pod-0"), Some("host".into())),
+            "g-pod-0"
+        );
+        assert_eq!(
+            default_transactional_id("g", None, Some("host".into())),
+            "g-host"
+        );
+        let a = default_transactional_id("g", None, None);
+        let b = default_transactional_id("g", None, None);
+        assert!(a.starts_with("g-") && a != b, "{a} {b}");
+    }
+
+    #[test]
+    fn the_instance_id_becomes_static_membership() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["serve", "--instance-id", "streamscore-2"]).unwrap();
+        assert_eq!(
+            cli.serve.pipeline_config().unwrap().consumer_properties,
+            vec![("group.instance.id".to_string(), "streamscore-2".to_string())]
+        );
     }
 
     #[test]

@@ -159,6 +159,8 @@ impl Metrics {
         }
         m.reloads.with_label_values(&["ok"]);
         m.reloads.with_label_values(&["failed"]);
+        m.transactions.with_label_values(&["committed"]);
+        m.transactions.with_label_values(&["aborted"]);
         m
     }
 

@@ -685,6 +685,20 @@ fn k8s_deployment_probes_shutdown_and_security() {
         "terminationGracePeriodSeconds {grace} must outlast the {flush} s shutdown flush"
     );
 
+    // Static membership from the pod's own name (downward API), not a fixed value that every
+    // replica would share and fence each other with.
+    let instance_id = container["env"]
+        .as_vec()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"].as_str() == Some("STREAMSCORE_INSTANCE_ID"))
+        .expect("STREAMSCORE_INSTANCE_ID is set");
+    assert_eq!(
+        at(instance_id, &["valueFrom", "fieldRef", "fieldPath"]).as_str(),
+        Some("metadata.name")
+    );
+    assert!(is_read_by_binary("STREAMSCORE_INSTANCE_ID", &help));
+
     let env_from: BTreeSet<String> = container["envFrom"]
         .as_vec()
         .expect("envFrom")

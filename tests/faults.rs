@@ -133,9 +133,11 @@ async fn retriable_produce_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_retriable_produce_errors() {
-    // A record the broker keeps refusing is not skipped: after 5 attempts the service stops
-    // with its batch uncommitted (the idempotent producer may also declare the error fatal
-    // first), and a restarted instance delivers everything.
+    // The errors hit every produce request, the dead-letter topic's too: a record the broker
+    // keeps refusing is re-sent 5 times, then its `undeliverable` dead letter is refused as
+    // well, so the service stops with its batch uncommitted instead of skipping it, and a
+    // restarted instance delivers everything. (tests/poison.rs has the case where only the
+    // output topic refuses.)
     const N: usize = 3_000;
     let broker = TestBroker::mock();
     let mock = broker.mock.as_ref().expect("a mock cluster");
@@ -279,6 +281,24 @@ async fn instances_joining_and_leaving_mid_stream() {
             Duration::from_secs(60),
         )
         .await;
+    // The newcomers really took part: they were given partitions and scored records (or
+    // this test would pass with the first instance doing all the work).
+    for (name, joined) in [("second", &second), ("third", &third)] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while joined.state.metrics.records_in.get() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the {name} instance never scored a record (partitions: {})",
+                joined.state.assignment.count()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "{name} instance: {} partitions, {} records scored",
+            joined.state.assignment.count(),
+            joined.state.metrics.records_in.get()
+        );
+    }
     second.stop().await.expect("second leaves cleanly");
     third.stop().await.expect("third leaves cleanly");
     traffic.await.expect("traffic sent");
@@ -290,4 +310,158 @@ async fn instances_joining_and_leaving_mid_stream() {
     // Revoked partitions wait for in-flight batches to commit, and unscored records of
     // revoked partitions are dropped for the next owner, so a rebalance adds nothing.
     assert!(t.duplicates <= UNCOMMITTED_TAIL, "{t:?}");
+}
+
+/// Crash recovery time: SIGKILL an instance mid-stream and restart it at once; the time from
+/// the kill until the new process scores its first record. Without static membership the
+/// group waits for the dead member's session to expire; with `--instance-id` the restarted
+/// member takes its place (and partitions) as soon as it joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_time_after_sigkill() {
+    let broker = TestBroker::start();
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "librdkafka defaults (session 45 s), no instance id",
+            &[
+                "-X",
+                "session.timeout.ms=45000",
+                "-X",
+                "heartbeat.interval.ms=3000",
+            ],
+        ),
+        ("streamscore defaults (session 10 s), no instance id", &[]),
+        (
+            "streamscore defaults, --instance-id",
+            &["--instance-id", "pod-0"],
+        ),
+    ];
+    let mut measured = Vec::new();
+    for (case, flags) in cases {
+        let topics = broker.topics(PARTITIONS).await;
+        let group = unique("group");
+        let stop_traffic = tokio_util::sync::CancellationToken::new();
+        let traffic = {
+            let (brokers, topic, stop) = (
+                broker.brokers.clone(),
+                topics.input.clone(),
+                stop_traffic.clone(),
+            );
+            tokio::spawn(async move {
+                let mut next = 0;
+                while !stop.is_cancelled() && next < 200_000 {
+                    produce(&brokers, &topic, &iris_inputs(next..next + 100)).await;
+                    next += 100;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        // Flags after the harness's own `-X session.timeout.ms=6000` override it; the harness
+        // default is dropped here by giving each case its own value or streamscore's.
+        let mut args: Vec<&str> = flags.to_vec();
+        if !flags.contains(&"session.timeout.ms=45000") {
+            args.extend(["-X", "session.timeout.ms=10000"]);
+        }
+        let first = ServiceProcess::spawn(&broker, &topics, &group, &args);
+        first.ready().await;
+        let _ = broker
+            .collect(&[&topics.output], PARTITIONS, 500, Duration::from_secs(60))
+            .await;
+        first.signal("KILL");
+        let killed = std::time::Instant::now();
+        let _ = tokio::task::spawn_blocking(move || first.wait_exit(Duration::from_secs(10))).await;
+        let second = ServiceProcess::spawn(&broker, &topics, &group, &args);
+        let recovered = loop {
+            if let Ok(Ok(stream)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(second.http_addr),
+            )
+            .await
+            {
+                drop(stream);
+                let (_, metrics) = http(second.http_addr, "GET", "/metrics", &[], "").await;
+                if metric(&metrics, "streamscore_records_in_total") > 0 {
+                    break killed.elapsed();
+                }
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(120),
+                "{case}: no recovery"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        stop_traffic.cancel();
+        let _ = traffic.await;
+        second.signal("TERM");
+        let _ =
+            tokio::task::spawn_blocking(move || second.wait_exit(Duration::from_secs(30))).await;
+        eprintln!(
+            "RECOVERY {case}: {:.1} s from SIGKILL to the restarted instance's first record",
+            recovered.as_secs_f64()
+        );
+        measured.push(recovered);
+    }
+    assert!(
+        measured[1] < Duration::from_secs(20),
+        "the default session timeout bounds recovery: {measured:?}"
+    );
+    // The mock's classic group coordinator keeps static members' ids but does not let a
+    // returning `group.instance.id` replace its old member, so on the mock the third case
+    // gains only the session timeout; on Kafka it rejoins without waiting for it.
+    assert!(
+        measured[2] < measured[0],
+        "recovery with an instance id is no slower: {measured:?}"
+    );
+}
+
+/// A commit that fails just before a rebalance frees its batch like a successful one. The
+/// revoke commits those delivered offsets before the partitions go (from the rebalance
+/// callback, where Apache Kafka accepts a commit: the group is PreparingRebalance and the
+/// member still in its generation). The mock cannot show that: it answers every commit with
+/// REBALANCE_IN_PROGRESS from the moment a member joins, the revoke's included, so here the
+/// refused batch is scored again — once, and nothing else is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_failed_before_a_rebalance_repeats_at_most_that_batch() {
+    const N: usize = 400;
+    let broker = TestBroker::mock();
+    let mock = broker.mock.as_ref().expect("a mock cluster");
+    let topics = broker.topics(PARTITIONS).await;
+    let group = unique("group");
+    let mut config = broker.pipeline_config(&topics, &group);
+    config.max_batch = 1000;
+    config.batch_interval = Duration::from_secs(1);
+    let model = repo_path(IRIS_MODEL);
+    let first = broker
+        .start_service_with(config.clone(), &model, None)
+        .await;
+    wait_ready(first.http_addr, Duration::from_secs(30)).await;
+    broker.produce(&topics.input, &iris_inputs(0..200)).await;
+    let _ = broker
+        .collect(&[&topics.output], PARTITIONS, 200, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // One batch, whose commit is refused.
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE],
+    );
+    broker.produce(&topics.input, &iris_inputs(200..300)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while first.state.metrics.commit_failures.get() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the commit failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let second = broker.start_service_with(config, &model, None).await;
+    wait_ready(second.http_addr, Duration::from_secs(30)).await;
+    broker.produce(&topics.input, &iris_inputs(300..N)).await;
+    let outputs = collect_ids(&broker, &topics, N, Duration::from_secs(60)).await;
+    second.stop().await.expect("second stops cleanly");
+    first.stop().await.expect("first stops cleanly");
+    let t = tally("a commit refused, then a rebalance", N, &outputs);
+    assert_eq!(t.missing, 0, "lost records");
+    assert!(
+        t.duplicates <= 100,
+        "only the refused batch is repeated: {t:?}"
+    );
 }

@@ -199,9 +199,16 @@ async fn sighup_reloads_and_sigterm_drains_commits_and_exits_zero() {
     }
 
     broker.produce(&topics.input, &inputs[250..]).await;
-    let all = broker
-        .collect(&[&topics.output], 2, 500, Duration::from_secs(30))
-        .await;
+    let all = collect_ids(&broker, &topics, 500, Duration::from_secs(30)).await;
+    let counts = id_counts(&all);
+    assert_eq!(counts.len(), 500, "every input scored");
+    let repeated: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "{} ids repeated, e.g. {:?}",
+        repeated.len(),
+        &repeated[..repeated.len().min(5)]
+    );
     assert_eq!(all.len(), 500);
     assert!(all[250..]
         .iter()

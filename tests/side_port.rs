@@ -193,3 +193,105 @@ async fn admin_endpoints_need_the_token_and_stay_in_the_model_directory() {
     assert_eq!(model["trees"], 15);
     service.stop().await.expect("clean shutdown");
 }
+
+/// A ConfigMap mount: `iris.json → ..data/iris.json`, `..data → ..<timestamp>`; an update
+/// writes a new timestamped directory and swaps `..data` atomically. Each reload must load
+/// what the link names then.
+#[cfg(unix)]
+#[test]
+fn a_reload_follows_a_swapped_symlink() {
+    use std::os::unix::fs::symlink;
+    use streamscore::model::ModelStore;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = dir.path();
+    let (v1, v2) = (small_forest(5), small_forest(6));
+    for (name, model) in [("..2026_01", &v1), ("..2026_02", &v2)] {
+        std::fs::create_dir(mount.join(name)).expect("dir");
+        model
+            .write(&mount.join(name).join("iris.json"))
+            .expect("written");
+    }
+    symlink("..2026_01", mount.join("..data")).expect("..data");
+    symlink("..data/iris.json", mount.join("iris.json")).expect("iris.json");
+
+    let store = ModelStore::open(&mount.join("iris.json"), false).expect("opened");
+    assert_eq!(store.current().version, v1.version);
+    // The kubelet's swap: a new link renamed over the old one.
+    symlink("..2026_02", mount.join("..data_tmp")).expect("new link");
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("swapped");
+    let reloaded = store.reload(None).expect("reloaded");
+    assert_eq!(
+        reloaded.version, v2.version,
+        "the new file, not the one at start-up"
+    );
+}
+
+/// A reload request naming a file cannot tell whether files outside the model directory
+/// exist: every refusal reads the same.
+#[cfg(unix)]
+#[test]
+fn reload_refusals_do_not_reveal_which_files_exist() {
+    use streamscore::model::ModelStore;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).expect("dir");
+    small_forest(3)
+        .write(&models.join("iris.json"))
+        .expect("written");
+    small_forest(4)
+        .write(&dir.path().join("exists.json"))
+        .expect("written");
+    std::os::unix::fs::symlink(dir.path().join("exists.json"), models.join("out.json"))
+        .expect("link");
+    std::os::unix::fs::symlink(dir.path().join("missing.json"), models.join("gone.json"))
+        .expect("link");
+    let store = ModelStore::open(&models.join("iris.json"), false).expect("opened");
+
+    let answer = |path: &str| {
+        let err = store.reload(Some(Path::new(path))).expect_err("refused");
+        err.to_string().replace(path, "<path>")
+    };
+    let answers: HashSet<String> = [
+        "../exists.json",
+        "../missing.json",
+        "out.json",
+        "gone.json",
+        "nothing-here.json",
+        "/etc/hostname",
+        "/nonexistent",
+    ]
+    .into_iter()
+    .map(answer)
+    .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+}
+
+/// A client that sends half a request and then nothing cannot hold up shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_does_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let broker = TestBroker::start();
+    let topics = broker.topics(1).await;
+    let service = broker
+        .start_service(&topics, &unique("group"), &repo_path(IRIS_MODEL))
+        .await;
+    wait_ready(service.http_addr, Duration::from_secs(30)).await;
+    let mut stalled = tokio::net::TcpStream::connect(service.http_addr)
+        .await
+        .expect("connected");
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .expect("half a request sent");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), service.stop())
+        .await
+        .expect("the service stops despite the stalled client")
+        .expect("clean shutdown");
+    let took = started.elapsed();
+    eprintln!("stopped {took:?} after the request was requested, with a half-sent request open");
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    drop(stalled);
+}

@@ -44,7 +44,7 @@ pub enum ModelError {
     KindChanged { from: ModelKind, to: ModelKind },
     #[error("model features would change from {from:?} to {to:?}")]
     FeaturesChanged { from: Vec<String>, to: Vec<String> },
-    #[error("{0} is outside the model directory")]
+    #[error("{0} is not a file in the model directory")]
     OutsideModelDir(PathBuf),
 }
 

@@ -23,17 +23,22 @@ pub struct ModelStore {
 
 impl ModelStore {
     /// Loads the configured model; a service with no valid model refuses to start.
+    ///
+    /// The configured path is kept as given (made absolute), not resolved: a ConfigMap
+    /// update or a deploy step swaps a symlink (`..data`, `current`), and every reload must
+    /// follow the link as it is then, not the file it pointed to at start-up.
     pub fn open(path: &Path, allow_kind_change: bool) -> Result<Self, ModelError> {
         let model = LoadedModel::load(path)?;
         let io_err = |source| ModelError::Io {
             path: path.to_owned(),
             source,
         };
-        let configured_path = path.canonicalize().map_err(io_err)?;
+        let configured_path = std::path::absolute(path).map_err(io_err)?;
         let model_dir = configured_path
             .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/"));
+            .unwrap_or_else(|| Path::new("/"))
+            .canonicalize()
+            .map_err(io_err)?;
         Ok(Self {
             current: ArcSwap::from_pointee(model),
             configured_path,
@@ -87,16 +92,26 @@ impl ModelStore {
         Ok(candidate)
     }
 
+    /// A file named by a reload request, which must be in the model directory. Every way of
+    /// not being one (a `..` or absolute path, a missing file, a symlink leading out) gets
+    /// the same answer, so the endpoint cannot be used to learn which files exist elsewhere.
     fn resolve_in_model_dir(&self, path: &Path) -> Result<PathBuf, ModelError> {
-        let joined = self.model_dir.join(path);
-        let resolved = joined.canonicalize().map_err(|source| ModelError::Io {
-            path: joined.clone(),
-            source,
-        })?;
-        if resolved.starts_with(&self.model_dir) {
+        let refused = || ModelError::OutsideModelDir(path.to_owned());
+        if path
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(refused());
+        }
+        let resolved = self
+            .model_dir
+            .join(path)
+            .canonicalize()
+            .map_err(|_| refused())?;
+        if resolved.starts_with(&self.model_dir) && resolved.is_file() {
             Ok(resolved)
         } else {
-            Err(ModelError::OutsideModelDir(path.to_owned()))
+            Err(refused())
         }
     }
 }

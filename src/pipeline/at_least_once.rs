@@ -59,11 +59,14 @@ pub fn run(
             let model = state.store.current();
             let outcomes =
                 transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
-            let Some(slot) = in_flight.acquire(SLOT_POLL, give_up) else {
+            // Not `give_up`: a shutdown still finishes the batch it holds, and the commit
+            // stage keeps freeing slots until the pipeline has failed.
+            let failed = || state.health.has_failed() || commit_failed.load(Ordering::Acquire);
+            let Some(slot) = in_flight.acquire(SLOT_POLL, failed) else {
                 break;
             };
             let acks = Arc::new(BatchAcks::new(batch.records.len()));
-            let destinations = sink.send_batch(&batch.records, &outcomes, &acks, give_up)?;
+            let destinations = sink.send_batch(&batch.records, &outcomes, &acks, failed)?;
             metrics.records_in.inc_by(batch.records.len() as u64);
             metrics.batch_size.observe(batch.records.len() as f64);
             let produced = ProducedBatch {

@@ -36,7 +36,15 @@ impl RecordSource for Consumer {
     type Record<'a> = BorrowedMessage<'a>;
 
     fn poll(&self, timeout: Duration) -> Option<Result<BorrowedMessage<'_>, KafkaError>> {
-        rdkafka::consumer::BaseConsumer::poll(self, timeout)
+        let polled = rdkafka::consumer::BaseConsumer::poll(self, timeout);
+        if let Some(Err(e)) = &polled {
+            let context = rdkafka::consumer::Consumer::context(self);
+            if context.unrecoverable_now(e).is_some() {
+                // Stops the pipeline through its health: `stop` is asked before the next poll.
+                context.consumer_error(e, "");
+            }
+        }
+        polled
     }
 
     fn take_revoked(&self) -> BTreeSet<i32> {
@@ -124,8 +132,9 @@ impl Batcher {
                     }
                 }
                 Some(Err(e)) => {
-                    // Consumer errors are reports (a broker went away, a fetch failed);
-                    // librdkafka recovers from these by itself.
+                    // Most consumer errors are reports (a broker went away, a fetch failed)
+                    // that librdkafka recovers from by itself; the others have already
+                    // failed the pipeline's health (`SourceContext::unrecoverable_now`).
                     if let Some(suppressed) = self.consumer_errors.admit() {
                         warn!(error = %e, suppressed, "consumer error");
                     }

@@ -18,7 +18,7 @@ use tracing::warn;
 
 use super::acks::BatchAcks;
 use super::in_flight::InFlightGuard;
-use super::sink::{Destinations, Sink};
+use super::sink::{is_poison, Destinations, Sink};
 use super::source::Consumer;
 use crate::service::state::ServiceState;
 
@@ -50,6 +50,46 @@ pub fn to_partition_list(topic: &str, offsets: &NextOffsets) -> KafkaResult<Topi
     Ok(tpl)
 }
 
+/// Offsets of delivered batches whose commit failed and that no later commit has covered.
+/// A failed commit frees its batch's in-flight slot like a successful one, so without this
+/// a revoke would let the partitions go with their last batches delivered but unsaved, and
+/// their next owner would score them again; the revoke commits these first (from inside
+/// the rebalance callback, while this member still belongs to the generation).
+#[derive(Default)]
+pub struct UnsavedOffsets(std::sync::Mutex<NextOffsets>);
+
+impl UnsavedOffsets {
+    pub fn failed(&self, offsets: &NextOffsets) {
+        let mut unsaved = self.lock();
+        for (partition, next) in offsets {
+            let slot = unsaved.entry(*partition).or_insert(*next);
+            *slot = (*slot).max(*next);
+        }
+    }
+
+    pub fn saved(&self, offsets: &NextOffsets) {
+        let mut unsaved = self.lock();
+        for (partition, next) in offsets {
+            if unsaved.get(partition).is_some_and(|u| u <= next) {
+                unsaved.remove(partition);
+            }
+        }
+    }
+
+    /// The unsaved offsets of `partitions`, forgotten here.
+    pub fn take(&self, partitions: &[i32]) -> NextOffsets {
+        let mut unsaved = self.lock();
+        partitions
+            .iter()
+            .filter_map(|p| unsaved.remove(p).map(|next| (*p, next)))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NextOffsets> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A batch handed to the producer, travelling to the commit stage with its in-flight slot.
 pub struct ProducedBatch {
     pub acks: Arc<BatchAcks>,
@@ -72,20 +112,33 @@ impl CommitStage {
     /// cannot be delivered (then the error, with that batch and every later one uncommitted).
     pub fn run(&self, batches: Receiver<ProducedBatch>) -> anyhow::Result<()> {
         let mut carried: Option<ProducedBatch> = None;
+        // The error of the last commit, while no later one has superseded it.
+        let mut unsaved: Option<KafkaError> = None;
         loop {
             let head = match carried.take() {
                 Some(batch) => batch,
                 None => match batches.recv() {
                     Ok(batch) => batch,
-                    Err(_) => return Ok(()),
+                    Err(_) => {
+                        return match unsaved {
+                            // Delivered, but the position is not saved: a restart re-reads
+                            // the last batches. Not a clean stop.
+                            Some(e) => Err(anyhow!(
+                                "the last offset commit failed ({e}); the last batches' records \
+                                 are delivered but will be read again"
+                            )),
+                            None => Ok(()),
+                        };
+                    }
                 },
             };
-            self.confirm(&head)?;
+            let mut head = head;
+            self.confirm(&mut head)?;
             let mut group = vec![head];
             loop {
                 match batches.try_recv() {
-                    Ok(next) if next.acks.is_settled() => {
-                        self.confirm(&next)?;
+                    Ok(mut next) if next.acks.is_settled() => {
+                        self.confirm(&mut next)?;
                         group.push(next);
                     }
                     Ok(next) => {
@@ -95,15 +148,26 @@ impl CommitStage {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.commit(&group);
+            unsaved = self.commit(&group).err();
             // Dropping the group frees its in-flight slots.
         }
     }
 
-    /// Waits for every record of the batch, sending refused ones again.
-    fn confirm(&self, batch: &ProducedBatch) -> anyhow::Result<()> {
+    /// Waits for every record of the batch, sending refused ones again; records the broker
+    /// still refuses for good after `MAX_SEND_ATTEMPTS` rounds go to the dead-letter topic as
+    /// `undeliverable`. The pipeline's readiness goes false the moment this gives up.
+    fn confirm(&self, batch: &mut ProducedBatch) -> anyhow::Result<()> {
+        let result = self.confirm_or_divert(batch);
+        if let Err(e) = &result {
+            self.state.health.fail(format!("{e:#}"));
+        }
+        result
+    }
+
+    fn confirm_or_divert(&self, batch: &mut ProducedBatch) -> anyhow::Result<()> {
         let mut acks = Arc::clone(&batch.acks);
         let mut round = 1;
+        let mut diverted = false;
         loop {
             while !acks.wait(ACK_WAIT_SLICE) {
                 warn!(
@@ -115,14 +179,37 @@ impl CommitStage {
             let Some(first) = failures.first() else {
                 return Ok(());
             };
-            if round >= MAX_SEND_ATTEMPTS {
+            if diverted {
                 return Err(anyhow!(
-                    "giving up on {} record(s) to {} after {round} attempts: {}; \
-                     their batch stays uncommitted",
+                    "{} record(s) the broker refused could not be written to the dead-letter \
+                     topic {} as `undeliverable` either: {}; their batch stays uncommitted",
                     failures.len(),
-                    first.record.topic(),
+                    self.sink.dead_letter_topic(),
                     first.error
                 ));
+            }
+            if round >= MAX_SEND_ATTEMPTS {
+                if !failures.iter().all(|f| is_poison(&f.error)) {
+                    return Err(anyhow!(
+                        "giving up on {} record(s) to {} after {round} attempts: {}; \
+                         their batch stays uncommitted",
+                        failures.len(),
+                        first.record.topic(),
+                        first.error
+                    ));
+                }
+                warn!(records = failures.len(), topic = first.record.topic(), error = %first.error,
+                      attempts = round, "the broker refuses these records for good; dead-lettering them as undeliverable");
+                for failure in &failures {
+                    batch
+                        .destinations
+                        .reroute_undeliverable(failure, self.sink.dead_letter_topic());
+                }
+                let diversion = Arc::new(BatchAcks::new(failures.len()));
+                self.sink.divert(&failures, &diversion, || false)?;
+                acks = diversion;
+                diverted = true;
+                continue;
             }
             warn!(records = failures.len(), topic = first.record.topic(), error = %first.error,
                   attempt = round, "delivery failed; re-sending");
@@ -137,7 +224,7 @@ impl CommitStage {
         }
     }
 
-    fn commit(&self, group: &[ProducedBatch]) {
+    fn commit(&self, group: &[ProducedBatch]) -> KafkaResult<()> {
         let mut offsets = NextOffsets::new();
         for batch in group {
             for (partition, next) in &batch.offsets {
@@ -147,8 +234,13 @@ impl CommitStage {
         }
         let result = to_partition_list(&self.input_topic, &offsets)
             .and_then(|tpl| commit_with_retries(&self.consumer, &tpl));
+        let unsaved = &self.consumer.context().unsaved;
+        match &result {
+            Ok(()) => unsaved.saved(&offsets),
+            Err(_) => unsaved.failed(&offsets),
+        }
         let metrics = &self.state.metrics;
-        if let Err(e) = result {
+        if let Err(e) = &result {
             // The records are delivered; only the position is not saved, so they will be
             // re-read and scored again (at-least-once). The next commit for the same
             // partitions supersedes this one.
@@ -163,6 +255,7 @@ impl CommitStage {
                 &batch.model_version,
             );
         }
+        result
     }
 }
 
@@ -211,6 +304,24 @@ mod tests {
             offset,
             None,
         )
+    }
+
+    #[test]
+    fn unsaved_offsets_are_kept_until_a_later_commit_covers_them() {
+        let unsaved = UnsavedOffsets::default();
+        unsaved.failed(&NextOffsets::from([(0, 10), (1, 5)]));
+        unsaved.failed(&NextOffsets::from([(0, 12)]));
+        unsaved.saved(&NextOffsets::from([(1, 4)]));
+        assert_eq!(
+            unsaved.take(&[1]),
+            NextOffsets::from([(1, 5)]),
+            "an older commit does not cover it"
+        );
+        unsaved.failed(&NextOffsets::from([(1, 5)]));
+        unsaved.saved(&NextOffsets::from([(1, 6)]));
+        assert!(unsaved.take(&[1]).is_empty(), "a later commit covers it");
+        assert_eq!(unsaved.take(&[0, 2]), NextOffsets::from([(0, 12)]));
+        assert!(unsaved.take(&[0]).is_empty(), "taken once");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::acks::BatchAcks;
 use super::batch::Batcher;
+use super::replays::Replays;
 use super::sink::Sink;
 use super::source::Consumer;
 use super::transaction::{self, BatchResult, KafkaTransactions};
@@ -30,9 +31,12 @@ pub fn run(
     let batcher = Batcher::new(config.batch_limits());
     let metrics = &state.metrics;
     let give_up = || stop.requested();
+    let mut replays = Replays::new(&config.dead_letter_topic);
     while let Some(batch) = batcher.next(consumer, give_up) {
         let model = state.store.current();
-        let outcomes = transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
+        let mut outcomes =
+            transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
+        replays.apply(&batch.records, &mut outcomes);
         let acks = Arc::new(BatchAcks::new(batch.records.len()));
         let (result, destinations) =
             transaction::run_batch(&txn, &config.input_topic, &batch.records, || {
@@ -44,8 +48,10 @@ pub fn run(
         };
         metrics.transactions.with_label_values(&[label]).inc();
         let Some(destinations) = destinations else {
+            replays.after_abort(&acks, state, give_up)?;
             continue;
         };
+        replays.after_commit(&batch.records, state);
         metrics.records_in.inc_by(batch.records.len() as u64);
         metrics.batch_size.observe(batch.records.len() as f64);
         // The committed transaction holds every record; its delivery reports are in or

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod commit;
 pub mod exactly_once;
 pub mod in_flight;
+pub mod replays;
 pub mod sink;
 pub mod source;
 pub mod transaction;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tracing::warn;
@@ -16,7 +16,7 @@ use tracing::warn;
 use super::acks::{BatchAcks, Failure};
 use super::{Guarantee, PipelineConfig};
 use crate::logging::LogThrottle;
-use crate::record::Reason;
+use crate::record::{Reason, SourcePosition};
 use crate::transform::Outcome;
 
 /// Pause before re-offering a record to a full producer queue.
@@ -40,6 +40,25 @@ pub struct Destinations {
 impl Destinations {
     pub fn total(&self) -> u64 {
         self.outputs + self.dead_letters.iter().sum::<u64>()
+    }
+
+    /// Moves a refused record from where it was counted to `undeliverable`.
+    pub fn reroute_undeliverable(&mut self, failure: &Failure, dead_letter_topic: &str) {
+        let record = &failure.record;
+        if record.topic() == dead_letter_topic {
+            let reason = record
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == HEADER_REASON))
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+                .and_then(Reason::from_code);
+            if let Some(reason) = reason {
+                let slot = &mut self.dead_letters[reason as usize];
+                *slot = slot.saturating_sub(1);
+            }
+        } else {
+            self.outputs = self.outputs.saturating_sub(1);
+        }
+        self.dead_letters[Reason::Undeliverable as usize] += 1;
     }
 }
 
@@ -75,6 +94,7 @@ pub type OutputProducer = ThreadedProducer<DeliveryReports>;
 
 pub struct Sink {
     producer: OutputProducer,
+    input_topic: String,
     output_topic: String,
     dead_letter_topic: String,
 }
@@ -83,6 +103,7 @@ impl Sink {
     pub fn new(config: &PipelineConfig) -> KafkaResult<Self> {
         Ok(Self {
             producer: producer_settings(config).create_with_context(DeliveryReports::default())?,
+            input_topic: config.input_topic.clone(),
             output_topic: config.output_topic.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
         })
@@ -120,7 +141,11 @@ impl Sink {
                     if let Some(key) = input.key() {
                         record = record.key(key);
                     }
-                    if let Some(payload) = input.payload() {
+                    if rejection.reason == Reason::Undeliverable {
+                        // The same rule as `undeliverable_headers`: the input is named by its
+                        // position, not carried, so its size cannot be refused again.
+                        record = without_payload(record);
+                    } else if let Some(payload) = input.payload() {
                         record = record.payload(payload);
                     }
                     destinations.dead_letters[rejection.reason as usize] += 1;
@@ -173,6 +198,38 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// Sends records the broker refused for good to the dead-letter topic as `undeliverable`
+    /// (see `undeliverable_headers`), each settling `acks`.
+    pub fn divert(
+        &self,
+        failures: &[Failure],
+        acks: &Arc<BatchAcks>,
+        mut give_up: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        for (sent, failure) in failures.iter().enumerate() {
+            let headers =
+                undeliverable_headers(failure, &self.dead_letter_topic, &self.input_topic);
+            let mut record = BaseRecord::with_opaque_to(&self.dead_letter_topic, Arc::clone(acks))
+                .headers(headers);
+            if let Some(key) = failure.record.key() {
+                record = record.key(key);
+            }
+            if let Err(e) = self.enqueue(record, &mut give_up) {
+                acks.withdraw(failures.len() - sent);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn output_topic(&self) -> &str {
+        &self.output_topic
+    }
+
+    pub fn dead_letter_topic(&self) -> &str {
+        &self.dead_letter_topic
     }
 
     /// Hands a record to librdkafka, waiting while its queue is full: this is where a slow
@@ -262,6 +319,123 @@ fn without_payload<'a, D: rdkafka::util::IntoOpaque>(
     }
 }
 
+/// A refusal that re-sending the same record cannot cure: the broker judged the record
+/// itself (its size, its format, a null key on a compacted topic), not its own state.
+pub fn is_poison(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::PolicyViolation
+        )
+    )
+}
+
+/// Where a refused record came from: a dead letter names it in its headers, a prediction in
+/// its own JSON (every output carries its input's `partition` and `offset`).
+pub fn source_of(record: &OwnedMessage) -> Option<SourcePosition> {
+    if let Some(headers) = record.headers() {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        if let (Some(partition), Some(offset)) = (
+            header(HEADER_SOURCE_PARTITION),
+            header(HEADER_SOURCE_OFFSET),
+        ) {
+            return Some(SourcePosition {
+                partition: i32::try_from(partition).ok()?,
+                offset,
+            });
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Position {
+        partition: i32,
+        offset: i64,
+    }
+    let position: Position = serde_json::from_slice(record.payload()?).ok()?;
+    Some(SourcePosition {
+        partition: position.partition,
+        offset: position.offset,
+    })
+}
+
+/// The headers of an `undeliverable` dead letter standing in for a refused record: the
+/// refused record's own headers (a dead letter's original ones, say) without its reason and
+/// error, then reason `undeliverable`, the broker's error, and where the input came from. It
+/// never carries a value: whatever made the broker refuse the record must not make it refuse
+/// this one, and the input can be read again at the position named.
+pub fn undeliverable_headers(
+    failure: &Failure,
+    dead_letter_topic: &str,
+    input_topic: &str,
+) -> OwnedHeaders {
+    let record = &failure.record;
+    let mut headers = OwnedHeaders::new();
+    let mut has_source = false;
+    if let Some(own) = record.headers() {
+        for h in own.iter() {
+            if h.key == HEADER_REASON || h.key == HEADER_ERROR || h.key == HEADER_PAYLOAD_OMITTED {
+                continue;
+            }
+            has_source |= h.key == HEADER_SOURCE_TOPIC;
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let refused = if record.topic() == dead_letter_topic {
+        "dead letter"
+    } else {
+        "output"
+    };
+    headers = headers
+        .insert(Header {
+            key: HEADER_REASON,
+            value: Some(Reason::Undeliverable.code()),
+        })
+        .insert(Header {
+            key: HEADER_ERROR,
+            value: Some(&format!(
+                "the broker refused the {refused} on {}: {}",
+                record.topic(),
+                failure.error
+            )),
+        })
+        .insert(Header {
+            key: HEADER_PAYLOAD_OMITTED,
+            value: Some("true"),
+        });
+    if !has_source {
+        if let Some(source) = source_of(record) {
+            headers = headers
+                .insert(Header {
+                    key: HEADER_SOURCE_TOPIC,
+                    value: Some(input_topic),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_PARTITION,
+                    value: Some(&source.partition.to_string()),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_OFFSET,
+                    value: Some(&source.offset.to_string()),
+                });
+        }
+    }
+    headers
+}
+
 fn dead_letter_headers(input: &impl Message, reason: &str, detail: &str) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(5 + input.headers().map_or(0, |h| h.count()));
     // The input's own headers travel with it, so a replay can restore the record exactly.
@@ -294,4 +468,243 @@ fn dead_letter_headers(input: &impl Message, reason: &str, detail: &str) -> Owne
             key: HEADER_SOURCE_OFFSET,
             value: Some(&input.offset().to_string()),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sink's re-send rules, without a broker: a producer pointed at a closed loopback
+    //! port takes records into its queue and reports each one failed after
+    //! `message.timeout.ms`, which is all these rules need.
+    use super::*;
+    use rdkafka::message::Timestamp;
+    use std::time::Duration;
+
+    fn config(extra: &[(&str, &str)]) -> PipelineConfig {
+        let mut properties = vec![
+            ("message.timeout.ms".to_owned(), "200".to_owned()),
+            ("enable.idempotence".to_owned(), "false".to_owned()),
+        ];
+        properties.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        PipelineConfig {
+            brokers: "127.0.0.1:1".into(),
+            properties,
+            consumer_properties: Vec::new(),
+            input_topic: "in".into(),
+            output_topic: "out".into(),
+            dead_letter_topic: "dlq".into(),
+            group: "g".into(),
+            batch_interval: Duration::from_millis(10),
+            max_batch: 10,
+            max_batch_bytes: 1 << 20,
+            max_record_bytes: 1 << 20,
+            guarantee: Guarantee::AtLeastOnce,
+        }
+    }
+
+    fn header<'a>(headers: &'a OwnedHeaders, name: &str) -> Vec<&'a str> {
+        headers
+            .iter()
+            .filter(|h| h.key == name)
+            .filter_map(|h| std::str::from_utf8(h.value?).ok())
+            .collect()
+    }
+
+    fn failure(
+        topic: &str,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        code: RDKafkaErrorCode,
+    ) -> Failure {
+        Failure {
+            error: KafkaError::MessageProduction(code),
+            record: OwnedMessage::new(
+                payload.map(<[u8]>::to_vec),
+                Some(b"key-7".to_vec()),
+                topic.into(),
+                Timestamp::NotAvailable,
+                0,
+                -1,
+                headers,
+            ),
+        }
+    }
+
+    fn input(partition: i32, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(b"{\"x\":1}".to_vec()),
+            Some(b"key-7".to_vec()),
+            "in".into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn poison_is_what_the_broker_refuses_for_good() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidRecord,
+            C::InvalidMessage,
+            C::PolicyViolation,
+        ] {
+            assert!(is_poison(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::NotEnoughReplicas,
+            C::TopicAuthorizationFailed,
+            C::UnknownTopicOrPartition,
+            C::QueueFull,
+        ] {
+            assert!(!is_poison(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn an_undeliverable_output_names_its_input_and_carries_no_value() {
+        let refused = failure(
+            "out",
+            Some(br#"{"id":3,"label":"setosa","partition":2,"offset":41}"#),
+            None,
+            RDKafkaErrorCode::InvalidRecord,
+        );
+        let headers = undeliverable_headers(&refused, "dlq", "in");
+        assert_eq!(header(&headers, HEADER_REASON), ["undeliverable"]);
+        assert_eq!(header(&headers, HEADER_SOURCE_TOPIC), ["in"]);
+        assert_eq!(header(&headers, HEADER_SOURCE_PARTITION), ["2"]);
+        assert_eq!(header(&headers, HEADER_SOURCE_OFFSET), ["41"]);
+        assert_eq!(header(&headers, HEADER_PAYLOAD_OMITTED), ["true"]);
+        let error = header(&headers, HEADER_ERROR).join("");
+        assert!(error.contains("output on out"), "{error}");
+    }
+
+    #[test]
+    fn an_undeliverable_dead_letter_keeps_its_headers_with_one_new_reason() {
+        let original = dead_letter_headers(&input(1, 9), "too_large", "10 MB")
+            .insert(Header {
+                key: "trace",
+                value: Some("abc"),
+            })
+            .insert(Header {
+                key: HEADER_PAYLOAD_OMITTED,
+                value: Some("true"),
+            });
+        let refused = failure(
+            "dlq",
+            None,
+            Some(original),
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        );
+        let headers = undeliverable_headers(&refused, "dlq", "in");
+        assert_eq!(header(&headers, HEADER_REASON), ["undeliverable"]);
+        assert_eq!(
+            header(&headers, HEADER_SOURCE_PARTITION),
+            ["1"],
+            "not repeated"
+        );
+        assert_eq!(header(&headers, HEADER_SOURCE_OFFSET), ["9"]);
+        assert_eq!(header(&headers, HEADER_PAYLOAD_OMITTED), ["true"]);
+        assert_eq!(header(&headers, "trace"), ["abc"]);
+        assert_eq!(header(&headers, HEADER_ERROR).len(), 1);
+    }
+
+    #[test]
+    fn rerouting_moves_the_count_to_undeliverable() {
+        let mut d = Destinations {
+            outputs: 3,
+            ..Destinations::default()
+        };
+        d.dead_letters[Reason::TooLarge as usize] = 1;
+        d.reroute_undeliverable(
+            &failure("out", Some(b"{}"), None, RDKafkaErrorCode::InvalidRecord),
+            "dlq",
+        );
+        let refused_letter = failure(
+            "dlq",
+            None,
+            Some(dead_letter_headers(&input(0, 1), "too_large", "")),
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        );
+        d.reroute_undeliverable(&refused_letter, "dlq");
+        assert_eq!(d.outputs, 2);
+        assert_eq!(d.dead_letters[Reason::TooLarge as usize], 0);
+        assert_eq!(d.dead_letters[Reason::Undeliverable as usize], 2);
+        assert_eq!(d.total(), 4, "nothing counted twice or lost");
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_for_its_topic_is_resent_without_its_value() {
+        let sink = Sink::new(&config(&[])).unwrap();
+        let too_large = failure(
+            "dlq",
+            Some(&[7u8; 64]),
+            Some(dead_letter_headers(&input(0, 5), "invalid_json", "")),
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        );
+        let output = failure(
+            "out",
+            Some(b"{}"),
+            None,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        );
+        let acks = Arc::new(BatchAcks::new(2));
+        sink.resend(&[too_large, output], &acks, || false).unwrap();
+        assert!(acks.wait(Duration::from_secs(20)), "reported");
+        let mut failures = acks.take_failures();
+        failures.sort_by(|a, b| a.record.topic().cmp(b.record.topic()));
+        let (letter, output) = (&failures[0].record, &failures[1].record);
+        assert_eq!(letter.topic(), "dlq");
+        assert!(letter.payload().is_none(), "value dropped");
+        let headers = letter.headers().unwrap().clone();
+        assert_eq!(header(&headers, HEADER_PAYLOAD_OMITTED), ["true"]);
+        assert_eq!(header(&headers, HEADER_REASON), ["invalid_json"]);
+        assert_eq!(
+            output.payload(),
+            Some(&b"{}"[..]),
+            "an output keeps its value"
+        );
+    }
+
+    #[test]
+    fn a_diverted_record_goes_to_the_dead_letter_topic_keyed_and_empty() {
+        let sink = Sink::new(&config(&[])).unwrap();
+        let refused = failure(
+            "out",
+            Some(br#"{"partition":0,"offset":1}"#),
+            None,
+            RDKafkaErrorCode::InvalidRecord,
+        );
+        let acks = Arc::new(BatchAcks::new(1));
+        sink.divert(&[refused], &acks, || false).unwrap();
+        assert!(acks.wait(Duration::from_secs(20)));
+        let failures = acks.take_failures();
+        let letter = &failures[0].record;
+        assert_eq!(letter.topic(), "dlq");
+        assert_eq!(letter.key(), Some(&b"key-7"[..]));
+        assert!(letter.payload().is_none());
+        let headers = letter.headers().unwrap().clone();
+        assert_eq!(header(&headers, HEADER_REASON), ["undeliverable"]);
+    }
+
+    #[test]
+    fn a_full_queue_gives_up_when_told_and_withdraws_the_rest() {
+        let sink = Sink::new(&config(&[("queue.buffering.max.messages", "1")])).unwrap();
+        let inputs = [input(0, 1), input(0, 2), input(0, 3)];
+        let outcomes = vec![Outcome::Scored(b"{}".to_vec()); 3];
+        let acks = Arc::new(BatchAcks::new(3));
+        let mut asked = 0;
+        let err = sink
+            .send_batch(&inputs, &outcomes, &acks, || {
+                asked += 1;
+                asked > 3
+            })
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("offset 2"), "{err:#}");
+        assert!(asked > 3, "waited while the queue was full");
+        // The one record handed over is reported; the two withdrawn never will be.
+        assert!(acks.wait(Duration::from_secs(20)), "settled");
+    }
 }

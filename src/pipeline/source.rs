@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::{error, info, warn};
 
+use super::commit::{to_partition_list, UnsavedOffsets};
 use super::in_flight::InFlight;
 use super::PipelineConfig;
 use crate::logging::LogThrottle;
@@ -24,6 +25,9 @@ use crate::service::state::ServiceState;
 const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub type Consumer = BaseConsumer<SourceContext>;
+
+/// The consumer group session timeout unless `-X session.timeout.ms` says otherwise.
+pub const DEFAULT_SESSION_TIMEOUT_MS: &str = "10000";
 
 pub struct SourceContext {
     input_topic: String,
@@ -35,6 +39,8 @@ pub struct SourceContext {
     /// lose the records the batch holds: its new owner (us) restarts from the committed
     /// offset and reads them again.
     revoked: Mutex<BTreeSet<i32>>,
+    /// Offsets the commit stage delivered but could not commit; committed on revoke.
+    pub unsaved: UnsavedOffsets,
 }
 
 impl SourceContext {
@@ -45,6 +51,7 @@ impl SourceContext {
             in_flight,
             client_errors: LogThrottle::default(),
             revoked: Mutex::new(BTreeSet::new()),
+            unsaved: UnsavedOffsets::default(),
         }
     }
 
@@ -61,20 +68,84 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            // librdkafka does not recover from these (a fenced static member, say): stop
-            // being ready now; the scoring loop sees the failure and exits.
-            error!(error = %error, reason, "fatal consumer error");
+impl SourceContext {
+    /// Sees every consumer error, from the client's error callback and from polls: one that
+    /// librdkafka cannot recover from by itself stops the pipeline (readiness false now, exit
+    /// non-zero), the rest are logged, throttled.
+    pub fn consumer_error(&self, error: &KafkaError, reason: &str) {
+        if let Some(why) = self.unrecoverable_now(error) {
+            error!(error = %error, reason, "{why}; stopping with uncommitted records left for a restart");
             self.state
                 .health
-                .fail(format!("fatal consumer error: {reason}"));
+                .fail(format!("{why}: {error} {reason}").trim_end().to_owned());
             return;
         }
         if let Some(suppressed) = self.client_errors.admit() {
-            warn!(error = %error, reason, suppressed, "Kafka client error");
+            warn!(error = %error, reason, suppressed, "Kafka consumer error");
         }
+    }
+}
+
+impl SourceContext {
+    /// `unrecoverable`, plus TLS failures before the group has ever answered: then they are
+    /// the configuration (an untrusted certificate, a missing CA file), which librdkafka
+    /// would retry forever while the service looked merely slow to start. Later ones may be
+    /// a broker restarting or rotating its certificate, and are left to librdkafka.
+    pub fn unrecoverable_now(&self, error: &KafkaError) -> Option<&'static str> {
+        unrecoverable(error).or_else(|| {
+            (error.rdkafka_error_code() == Some(RDKafkaErrorCode::SSL)
+                && !self.state.assignment.received())
+            .then_some("cannot connect to the brokers over TLS")
+        })
+    }
+}
+
+/// Consumer errors that librdkafka does not get past by itself, or gets past only by
+/// skipping records: a fenced static member, missing permissions, a batch it cannot
+/// decompress or parse (it would move on past it, and committing later offsets would skip
+/// those records for good).
+pub fn unrecoverable(error: &KafkaError) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    Some(match error.rdkafka_error_code()? {
+        C::Fatal | C::FencedInstanceId | C::Fenced => "fatal consumer error",
+        C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication => "not authorized to consume",
+        C::BadCompression | C::UnsupportedCompressionType | C::NotImplemented | C::BadMessage => {
+            "input records that cannot be read"
+        }
+        _ => return None,
+    })
+}
+
+impl SourceContext {
+    /// Commits what the commit stage delivered but failed to commit for these partitions,
+    /// so that their next owner does not score those records again.
+    fn commit_unsaved(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+        let unsaved = self.unsaved.take(partitions);
+        if unsaved.is_empty() {
+            return;
+        }
+        let result = to_partition_list(&self.input_topic, &unsaved)
+            .and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync));
+        match result {
+            Ok(()) => info!(
+                partitions = unsaved.len(),
+                "committed offsets whose earlier commit had failed before letting the partitions go"
+            ),
+            Err(e) => {
+                self.state.metrics.commit_failures.inc();
+                warn!(error = %e, "partitions revoked with delivered records uncommitted; they will be scored again");
+            }
+        }
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.consumer_error(&error, reason);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -96,7 +167,7 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             // This runs inside the scoring thread's poll, while the commit stage runs on its
             // own thread: waiting here lets the batches already produced from these
@@ -105,6 +176,7 @@ impl ConsumerContext for SourceContext {
                 warn!("partitions revoked with batches still uncommitted; they will be re-read");
             }
             let revoked = self.partitions_of(partitions);
+            self.commit_unsaved(consumer, &revoked);
             self.revoked
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -152,6 +224,13 @@ pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // librdkafka's 45 s default is how long a crashed instance's partitions sit idle
+        // before the group gives them to someone else (measured: 44-88 s per restart on the
+        // mock). A service that restarts in milliseconds and heartbeats from its own thread
+        // needs far less; with static membership (`--instance-id`) a restart within this
+        // window takes its partitions back without any rebalance.
+        .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
+        .set("heartbeat.interval.ms", "2000")
         // Apache Kafka answers a fetch as soon as data arrives, but some brokers (tansu,
         // librdkafka's mock) hold a fetch that found nothing at the moment it came in for the
         // full wait, even if records arrive meanwhile. A consumer that keeps up sends its next
@@ -239,5 +318,38 @@ mod tests {
             consumer_settings(&latency).get("fetch.wait.max.ms"),
             Some("50")
         );
+    }
+
+    #[test]
+    fn errors_librdkafka_cannot_get_past_are_unrecoverable() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::Fatal,
+            C::FencedInstanceId,
+            C::TopicAuthorizationFailed,
+            C::GroupAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+            C::BadCompression,
+            C::UnsupportedCompressionType,
+            C::BadMessage,
+        ] {
+            assert!(
+                unrecoverable(&KafkaError::MessageConsumption(code)).is_some(),
+                "{code:?}"
+            );
+        }
+        for code in [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::NotCoordinator,
+            C::UnknownTopicOrPartition,
+            C::RequestTimedOut,
+        ] {
+            assert!(
+                unrecoverable(&KafkaError::MessageConsumption(code)).is_none(),
+                "{code:?}"
+            );
+        }
+        assert!(unrecoverable(&KafkaError::Global(C::Fatal)).is_some());
     }
 }

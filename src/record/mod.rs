@@ -30,10 +30,13 @@ pub enum Reason {
     InvalidValue,
     /// A PMML model that gives no prediction for the record (a missing value it cannot route).
     NoPrediction,
+    /// The broker refused the record's output for good (too large, invalid for the topic),
+    /// even after re-sending: the input is named, not carried (see README: poison records).
+    Undeliverable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::NotUtf8,
@@ -48,6 +51,7 @@ impl Reason {
         Reason::InvalidCount,
         Reason::InvalidValue,
         Reason::NoPrediction,
+        Reason::Undeliverable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -66,7 +70,13 @@ impl Reason {
             Reason::InvalidCount => "invalid_n",
             Reason::InvalidValue => "invalid_value",
             Reason::NoPrediction => "no_prediction",
+            Reason::Undeliverable => "undeliverable",
         }
+    }
+
+    /// The reason with this stable code.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
     }
 }
 
@@ -98,7 +108,7 @@ impl fmt::Display for Rejection {
 }
 
 /// Where an input record came from; carried into its output so results can be traced back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourcePosition {
     pub partition: i32,
     pub offset: i64,

@@ -3,12 +3,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -39,15 +43,55 @@ pub fn router(state: HttpState) -> Router {
         .merge(crate::openscoring::router(state))
 }
 
-/// Serves until `shutdown` is cancelled.
+/// How long a client may take to send a request's head. Without it a connection that sent
+/// half a request holds a graceful shutdown open for as long as the client likes.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for requests in progress before dropping their connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` is cancelled, then lets requests in progress finish for at most
+/// `SHUTDOWN_GRACE`. (axum's own `serve` sets no header-read timeout and waits for every
+/// connection without bound, so the accept loop is hyper's, with the same router.)
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    let app = router(state);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accepting a side-port connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let connection =
+            http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away or times out is its own business.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("side-port connections still open at shutdown; dropped");
+    }
+    Ok(())
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

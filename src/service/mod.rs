@@ -71,6 +71,7 @@ impl ServiceHandle {
 
 /// Loads the model, binds the side port and starts the pipeline. Returns once both run.
 pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
+    crate::config::refuse_unsafe_settings(&config.pipeline)?;
     let store = ModelStore::open(&config.model, config.allow_kind_change)
         .with_context(|| format!("loading model {}", config.model.display()))?;
     let model = store.current();

@@ -56,6 +56,9 @@ impl ServiceState {
         if let Some(reason) = self.health.failure() {
             return Err(reason);
         }
+        if let Some(reason) = self.health.degraded() {
+            return Err(reason);
+        }
         if !self.assignment.received() {
             return Err("waiting for the consumer group to assign partitions".into());
         }
@@ -122,6 +125,8 @@ pub struct Health {
     /// Mirrors `failure.is_some()`: the scoring loop asks at every poll, so the question
     /// must cost a load, not a lock and a copy of the reason.
     failed: AtomicBool,
+    /// Not ready for now, but still trying (transactions aborting in a row): clears itself.
+    degraded: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -133,6 +138,18 @@ impl Health {
 
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks the service not ready while `reason` holds; `None` clears it.
+    pub fn set_degraded(&self, reason: Option<String>) {
+        *self.degraded.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn failure(&self) -> Option<String> {

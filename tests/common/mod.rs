@@ -307,6 +307,8 @@ impl TestBroker {
         while !done(&out) {
             let message = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
+                // `done` may depend on time passing (a quiet period), not only on records.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
                 m = consumer.recv() => m,
             };
             let Ok(m) = message else { continue };
@@ -332,6 +334,108 @@ impl TestBroker {
             });
         }
         out
+    }
+}
+
+/// A mock cluster of several brokers driven through librdkafka's own mock API where the
+/// rdkafka crate does not wrap it: topics placed on chosen brokers, request errors pushed
+/// onto one broker, and the requests the brokers received, counted by API.
+pub struct MockBrokers {
+    owner: rdkafka::producer::BaseProducer,
+    pub broker: TestBroker,
+}
+
+impl MockBrokers {
+    pub fn start(brokers: usize) -> Self {
+        use rdkafka::producer::Producer as _;
+        let owner: rdkafka::producer::BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", brokers.to_string())
+            .create()
+            .expect("mock cluster");
+        let bootstrap = owner
+            .client()
+            .mock_cluster()
+            .expect("a mock cluster")
+            .bootstrap_servers();
+        let this = Self {
+            owner,
+            broker: TestBroker {
+                brokers: bootstrap,
+                mock: None,
+            },
+        };
+        // SAFETY: the cluster is owned by `owner`, alive for as long as `this`.
+        unsafe { rdkafka::bindings::rd_kafka_mock_start_request_tracking(this.raw()) };
+        this
+    }
+
+    fn raw(&self) -> *mut rdkafka::bindings::rd_kafka_mock_cluster_t {
+        use rdkafka::producer::Producer as _;
+        // SAFETY: a live client handle; the mock cluster it owns lives as long as it does.
+        let mock = unsafe {
+            rdkafka::bindings::rd_kafka_handle_mock_cluster(self.owner.client().native_ptr())
+        };
+        assert!(!mock.is_null(), "the client owns a mock cluster");
+        mock
+    }
+
+    /// A topic whose partitions are all led by `leader`.
+    pub fn topic(&self, prefix: &str, partitions: i32, leader: i32) -> String {
+        use rdkafka::producer::Producer as _;
+        let name = unique(prefix);
+        let mock = self.owner.client().mock_cluster().expect("a mock cluster");
+        mock.create_topic(&name, partitions, 1)
+            .expect("topic created");
+        for p in 0..partitions {
+            mock.partition_leader(&name, p, Some(leader))
+                .expect("leader set");
+        }
+        name
+    }
+
+    /// Input, output and dead-letter topics led by the given brokers.
+    pub fn topics(&self, partitions: i32, leaders: [i32; 3]) -> Topics {
+        Topics {
+            input: self.topic("in", partitions, leaders[0]),
+            output: self.topic("out", partitions, leaders[1]),
+            dead_letters: self.topic("dlq", partitions, leaders[2]),
+            partitions,
+        }
+    }
+
+    /// The next `n` produce requests `broker` receives are answered with `error`.
+    pub fn refuse_produce(&self, broker: i32, n: usize, error: rdkafka::types::RDKafkaRespErr) {
+        for _ in 0..n {
+            // SAFETY: a live cluster; the variadic arguments are `cnt` (= 1) pairs of (error
+            // code, round-trip time in ms), both C ints.
+            unsafe {
+                rdkafka::bindings::rd_kafka_mock_broker_push_request_error_rtts(
+                    self.raw(),
+                    broker,
+                    rdkafka::types::RDKafkaApiKey::Produce as i16,
+                    1,
+                    error as std::os::raw::c_int,
+                    0 as std::os::raw::c_int,
+                );
+            }
+        }
+    }
+
+    /// How many requests of `api` the brokers have received since the cluster started.
+    pub fn requests(&self, api: rdkafka::types::RDKafkaApiKey) -> usize {
+        let mut count = 0usize;
+        // SAFETY: the array and its requests come from the mock and are freed once, here.
+        unsafe {
+            let requests = rdkafka::bindings::rd_kafka_mock_get_requests(self.raw(), &mut count);
+            let seen = (0..count)
+                .filter(|i| {
+                    rdkafka::bindings::rd_kafka_mock_request_api_key(*requests.add(*i))
+                        == api as i16
+                })
+                .count();
+            rdkafka::bindings::rd_kafka_mock_request_destroy_array(requests, count);
+            seen
+        }
     }
 }
 
@@ -551,7 +655,38 @@ pub fn iris_inputs(range: std::ops::Range<usize>) -> Vec<Input> {
         .collect()
 }
 
-/// Reads the output topic until every id below `n` has appeared (or `timeout`).
+/// How long collection goes on after every expected record was seen, so that duplicates
+/// arriving later are counted too.
+pub const QUIET_PERIOD: Duration = Duration::from_secs(2);
+
+/// Reads `topics` until `complete` (fed each record as it arrives) says everything expected
+/// has come, then until nothing new arrives for `QUIET_PERIOD` (or `timeout` overall).
+pub async fn collect_settled(
+    broker: &TestBroker,
+    topics: &[&str],
+    partitions: i32,
+    timeout: Duration,
+    mut complete: impl FnMut(&Collected) -> bool,
+) -> Vec<Collected> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut done = false;
+    let mut last_new = tokio::time::Instant::now();
+    let mut seen = 0;
+    broker
+        .collect_until(topics, partitions, timeout, |got| {
+            let now = tokio::time::Instant::now();
+            for c in &got[seen..] {
+                done |= complete(c);
+                last_new = now;
+            }
+            seen = got.len();
+            (done && now.duration_since(last_new) >= QUIET_PERIOD) || now >= deadline
+        })
+        .await
+}
+
+/// Reads the output topic until every id below `n` has appeared (or `timeout`), then for a
+/// quiet period more, so later duplicates are counted.
 pub async fn collect_ids(
     broker: &TestBroker,
     topics: &Topics,
@@ -559,21 +694,21 @@ pub async fn collect_ids(
     timeout: Duration,
 ) -> Vec<Collected> {
     let mut seen = std::collections::HashSet::new();
-    broker
-        .collect_until(&[&topics.output], topics.partitions, timeout, |got| {
-            if let Some(id) = got.last().and_then(|l| l.json()["id"].as_u64()) {
-                seen.insert(id);
-            }
-            seen.len() >= n
-        })
-        .await
+    collect_settled(broker, &[&topics.output], topics.partitions, timeout, |c| {
+        if let Some(id) = c.json()["id"].as_u64() {
+            seen.insert(id);
+        }
+        seen.len() >= n
+    })
+    .await
 }
 
-/// The value of one series in a Prometheus text exposition (0 when absent).
+/// The value of one series in a Prometheus text exposition. A series that is absent is a
+/// test failure, not a zero: a renamed metric must not pass an `== 0` check.
 pub fn metric(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("metric series {series} is not exposed"))
 }
 
 /// Loss and duplicate counts of a run, printed for the fault matrix.
