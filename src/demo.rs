@@ -40,9 +40,18 @@ pub struct DemoArgs {
     /// Partitions of each demo topic.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=64))]
     pub partitions: i32,
-    /// HTTP side port of the demo service.
+    /// HTTP side port of the demo service (the status page); when it is taken, the demo
+    /// takes a free port instead and says so.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Statistics window of the demo (short, so the status page fills quickly).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub stats_window: Duration,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stats_slide: Duration,
+    /// A candidate model to run as the demo's shadow.
+    #[arg(long)]
+    pub shadow_model: Option<PathBuf>,
     /// How long to wait for all samples to come back before giving up.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -67,11 +76,22 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         Model::Recommender(_) => user_event_samples(),
     };
 
+    let http_addr = free_side_port(args.http_addr);
+    let (window, basis) = crate::stats::StatsConfig::from_flags(
+        args.stats_window,
+        args.stats_slide,
+        crate::stats::StatsTime::Processing,
+        Duration::ZERO,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+
     let cluster = MockCluster::new(1).context("starting the embedded broker")?;
     for topic in [INPUT_TOPIC, OUTPUT_TOPIC, DEAD_LETTER_TOPIC] {
         cluster.create_topic(topic, args.partitions, 1)?;
     }
     let brokers = cluster.bootstrap_servers();
+    // The page's address comes first: it is what a new user opens.
+    println!("status page: http://{http_addr}/");
     println!("embedded broker: {brokers}");
     println!("read the predictions with: kcat -b {brokers} -t {OUTPUT_TOPIC} -C -e");
 
@@ -97,14 +117,24 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         },
         model: args.model.clone(),
         allow_kind_change: true,
-        http_addr: args.http_addr,
+        http_addr,
         admin_token: std::env::var(service::ADMIN_TOKEN_ENV)
             .ok()
             .filter(|t| !t.is_empty()),
+        observe: crate::config::ObserveOptions {
+            stats: crate::stats::StatsConfig {
+                window,
+                basis,
+                instance: "streamscore-demo".into(),
+                ..Default::default()
+            },
+            shadow_model: args.shadow_model.clone(),
+            shadow_topic: None,
+        },
     })
     .await?;
     println!(
-        "side port: http://{}  (try /model, /metrics, /readyz)",
+        "side port: http://{}  (try /model, /metrics, /readyz, /status)",
         service.http_addr
     );
 
@@ -157,6 +187,27 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `wanted`, or a free port on the same address when something else holds it: the demo is
+/// the first thing a new user runs, often beside another program on 8080.
+fn free_side_port(wanted: SocketAddr) -> SocketAddr {
+    match std::net::TcpListener::bind(wanted) {
+        // Free: released here and bound again by the service a moment later.
+        Ok(_) => wanted,
+        Err(e) => {
+            let mut fallback = wanted;
+            fallback.set_port(0);
+            match std::net::TcpListener::bind(fallback).and_then(|l| l.local_addr()) {
+                Ok(free) => {
+                    println!("{wanted} is taken ({e}); using {free} instead");
+                    free
+                }
+                // Let the service report the original error.
+                Err(_) => wanted,
+            }
+        }
+    }
 }
 
 fn iris_samples(args: &DemoArgs, model: &LoadedModel) -> anyhow::Result<Vec<Sample>> {

@@ -10,9 +10,8 @@ use super::batch::Batcher;
 use super::sink::Sink;
 use super::source::Consumer;
 use super::transaction::{self, BatchResult, KafkaTransactions};
-use super::{inputs_of, PipelineConfig, Stop};
+use super::{PipelineConfig, Stop};
 use crate::service::state::ServiceState;
-use crate::transform::transform_batch;
 
 pub fn run(
     config: &PipelineConfig,
@@ -32,11 +31,16 @@ pub fn run(
     let give_up = || stop.requested();
     while let Some(batch) = batcher.next(consumer, give_up) {
         let model = state.store.current();
-        let outcomes = transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
+        let outcomes =
+            state
+                .observe
+                .transform(&model, &batch.records, config.max_record_bytes, batch.opened);
         let acks = Arc::new(BatchAcks::new(batch.records.len()));
         let (result, destinations) =
             transaction::run_batch(&txn, &config.input_topic, &batch.records, || {
-                sink.send_batch(&batch.records, &outcomes, &acks, give_up)
+                let sent = sink.send_batch(&batch.records, &outcomes, &acks, give_up);
+                state.observe.produced(batch.opened);
+                sent
             })?;
         let label = match result {
             BatchResult::Committed => "committed",
