@@ -96,7 +96,7 @@ pub fn spawn(
         .spawn(move || {
             while !shutdown.is_cancelled() {
                 std::thread::sleep(tick);
-                emit(&state, producer.as_ref(), topic.as_deref());
+                emit(&state, producer.as_ref(), topic.as_deref(), now_ms());
             }
             if let Some(p) = &producer {
                 if let Err(e) = p.flush(Duration::from_secs(10)) {
@@ -107,15 +107,18 @@ pub fn spawn(
     Ok(())
 }
 
-/// One round: close what the watermark passed, publish it, set the gauges.
+/// One round at `now` (ms): close what the watermark passed, publish it, set the gauges.
+/// Returns the windows closed.
 pub fn emit(
     state: &ServiceState,
     producer: Option<&ThreadedProducer<DefaultProducerContext>>,
     topic: Option<&str>,
-) {
+    now: i64,
+) -> Vec<serde_json::Value> {
     let observe = &state.observe;
     let metrics = &observe.metrics;
-    for (window, drift) in observe.close_windows(now_ms()) {
+    let mut emitted = Vec::new();
+    for (window, drift) in observe.close_windows(now) {
         metrics.windows_emitted.inc();
         metrics
             .late_records
@@ -128,7 +131,9 @@ pub fn emit(
                 drifted += i64::from(*psi > threshold);
             }
         }
-        if !drift.is_empty() {
+        // A window without inputs says nothing about drift: the gauges keep the last window
+        // that had some.
+        if drift.iter().any(|(_, psi)| psi.is_some()) {
             metrics.features_drifted.set(drifted);
         }
         if drifted > 0 {
@@ -153,5 +158,7 @@ pub fn emit(
                 warn!(error = %e, "a stats window could not be queued for the stats topic");
             }
         }
+        emitted.push(window);
     }
+    emitted
 }
