@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::pipeline::Guarantee;
-use crate::stats::{StatsConfig, StatsTime};
 use crate::record::DEFAULT_MAX_RECORD_BYTES;
+use crate::stats::{StatsConfig, StatsTime};
 
 /// Prefix of environment variables that become librdkafka properties:
 /// `STREAMSCORE_KAFKA_SECURITY_PROTOCOL=SASL_SSL` → `security.protocol=SASL_SSL`.
@@ -91,6 +91,9 @@ pub struct ServeArgs {
 /// Windowed statistics, drift and the shadow model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ObserveArgs {
+    /// Turn windowed statistics and drift off (the status page keeps rates and timing).
+    #[arg(long, env = "STREAMSCORE_NO_STATS")]
+    pub no_stats: bool,
     /// Length of a statistics window (e.g. 1m).
     #[arg(long, env = "STREAMSCORE_STATS_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
     pub stats_window: Duration,
@@ -138,6 +141,7 @@ impl ObserveArgs {
         }
         Ok(ObserveOptions {
             stats: StatsConfig {
+                enabled: !self.no_stats,
                 window,
                 basis,
                 topic: self.stats_topic.clone(),

@@ -66,7 +66,10 @@ fn read_columns(path: &std::path::Path, names: &[String]) -> anyhow::Result<Vec<
         .iter()
         .map(|name| {
             headers.iter().position(|h| h == name).with_context(|| {
-                format!("{} has no column {name:?} (the model's input)", path.display())
+                format!(
+                    "{} has no column {name:?} (the model's input)",
+                    path.display()
+                )
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -79,7 +82,11 @@ fn read_columns(path: &std::path::Path, names: &[String]) -> anyhow::Result<Vec<
                 f64::NAN
             } else {
                 cell.parse::<f64>().with_context(|| {
-                    format!("{} row {}: {name} = {cell:?} is not a number", path.display(), line + 2)
+                    format!(
+                        "{} row {}: {name} = {cell:?} is not a number",
+                        path.display(),
+                        line + 2
+                    )
                 })?
             };
             rows.push(value);

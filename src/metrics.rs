@@ -210,7 +210,11 @@ pub struct ObserveMetrics {
 impl ObserveMetrics {
     pub fn new(r: &Registry) -> Self {
         let ns = |name: &str| format!("streamscore_{name}");
-        let otel = ["messaging_system", "messaging_destination_name", "messaging_operation_name"];
+        let otel = [
+            "messaging_system",
+            "messaging_destination_name",
+            "messaging_operation_name",
+        ];
         let otel_group = [
             "messaging_system",
             "messaging_destination_name",

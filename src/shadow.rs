@@ -122,7 +122,10 @@ impl Shadow {
         let figures = Arc::new(Mutex::new(Figures::default()));
         let output = match lock(&self.output).clone() {
             None => None,
-            Some(out) => match out.producer.create::<ThreadedProducer<DefaultProducerContext>>() {
+            Some(out) => match out
+                .producer
+                .create::<ThreadedProducer<DefaultProducerContext>>()
+            {
                 Ok(p) => Some((p, out.topic)),
                 Err(e) => {
                     return Err(ModelError::Invalid(format!(

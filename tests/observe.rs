@@ -22,13 +22,18 @@ use streamscore::transform::{transform_batch, Outcome};
 const FEATURES: [&str; 4] = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
 
 fn iris_rows() -> Vec<[f64; 4]> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("training/iris.csv"))
-        .expect("iris data");
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("training/iris.csv"))
+            .expect("iris data");
     text.lines()
         .skip(1)
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let v: Vec<f64> = l.split(',').take(4).map(|x| x.parse().expect("number")).collect();
+            let v: Vec<f64> = l
+                .split(',')
+                .take(4)
+                .map(|x| x.parse().expect("number"))
+                .collect();
             [v[0], v[1], v[2], v[3]]
         })
         .collect()
@@ -61,11 +66,19 @@ fn state_for(model: &Path, window_ms: i64) -> Arc<ServiceState> {
 
 /// Scores `rows` in batches of 100 through the observer; returns the outcomes.
 fn feed(state: &ServiceState, rows: &[[f64; 4]]) -> Vec<Outcome> {
-    let messages: Vec<OwnedMessage> = rows.iter().enumerate().map(|(i, r)| message(i, r)).collect();
+    let messages: Vec<OwnedMessage> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| message(i, r))
+        .collect();
     let mut outcomes = Vec::new();
     for chunk in messages.chunks(100) {
         let model = state.store.current();
-        outcomes.extend(state.observe.transform(&model, chunk, 1 << 20, Instant::now()));
+        outcomes.extend(
+            state
+                .observe
+                .transform(&model, chunk, 1 << 20, Instant::now()),
+        );
     }
     outcomes
 }
@@ -91,7 +104,11 @@ fn the_psi_gauge_stays_low_for_training_like_data() {
     let rows: Vec<[f64; 4]> = iris_rows().into_iter().cycle().take(600).collect();
     feed(&state, &rows);
     let windows = emit(&state, None, None, now_ms() + 120_000);
-    let last = windows.iter().rev().find(|w| w["records_in"] == 600).expect("a window with the records");
+    let last = windows
+        .iter()
+        .rev()
+        .find(|w| w["records_in"] == 600)
+        .expect("a window with the records");
     let threshold = state.observe.config.drift_threshold;
     for feature in FEATURES {
         let psi = psi_gauge(&state, feature);
@@ -99,7 +116,11 @@ fn the_psi_gauge_stays_low_for_training_like_data() {
         assert!(psi < threshold);
     }
     assert_eq!(state.observe.metrics.features_drifted.get(), 0);
-    assert!(last["drift"].as_array().expect("drift").iter().all(|d| d["drifted"] == false));
+    assert!(last["drift"]
+        .as_array()
+        .expect("drift")
+        .iter()
+        .all(|d| d["drifted"] == false));
 }
 
 #[test]
@@ -116,7 +137,10 @@ fn the_psi_gauge_crosses_the_threshold_for_shifted_data() {
     emit(&state, None, None, now_ms() + 120_000);
     let threshold = state.observe.config.drift_threshold;
     let petal = psi_gauge(&state, "petal_length");
-    assert!(petal > threshold, "petal_length PSI {petal} should exceed {threshold}");
+    assert!(
+        petal > threshold,
+        "petal_length PSI {petal} should exceed {threshold}"
+    );
     for feature in ["sepal_length", "sepal_width", "petal_width"] {
         assert!(psi_gauge(&state, feature) < 0.05, "{feature} did not move");
     }
@@ -170,16 +194,24 @@ fn a_shadow_that_disagrees_on_a_known_share_is_reported_with_that_share() {
     let served = dir.path().join("served.json");
     let candidate = dir.path().join("candidate.json");
     stump(2.5, true).write(&served).expect("served written");
-    stump(4.0, false).write(&candidate).expect("candidate written");
+    stump(4.0, false)
+        .write(&candidate)
+        .expect("candidate written");
     let state = state_for(&served, 60_000);
-    let shadow = state.load_shadow(Path::new("candidate.json")).expect("shadow loads");
+    let shadow = state
+        .load_shadow(Path::new("candidate.json"))
+        .expect("shadow loads");
 
     // 1,000 records, petal lengths 1, 3, 5 and 6 in turn: only 3 (a quarter) falls between
     // the two cuts, where the served model says virginica and the shadow setosa.
     let rows: Vec<[f64; 4]> = (0..1000)
         .map(|i| [5.0, 3.0, [1.0, 3.0, 5.0, 6.0][i % 4], 1.0])
         .collect();
-    let messages: Vec<OwnedMessage> = rows.iter().enumerate().map(|(i, r)| message(i, r)).collect();
+    let messages: Vec<OwnedMessage> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| message(i, r))
+        .collect();
     let served_model = state.store.current();
     for chunk in messages.chunks(100) {
         let outcomes = state
@@ -201,7 +233,10 @@ fn a_shadow_that_disagrees_on_a_known_share_is_reported_with_that_share() {
         let deadline = Instant::now() + Duration::from_secs(20);
         let wanted = rdkafka::message::Message::offset(chunk.last().expect("records")) as u64 + 1;
         while state.observe.shadow.status()["records"].as_u64() < Some(wanted) {
-            assert!(Instant::now() < deadline, "the shadow keeps up with a paced stream");
+            assert!(
+                Instant::now() < deadline,
+                "the shadow keeps up with a paced stream"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -219,7 +254,11 @@ fn a_shadow_that_disagrees_on_a_known_share_is_reported_with_that_share() {
             .map_or(0, |c| c["records"].as_u64().unwrap_or(0))
     };
     assert_eq!(cell("setosa", "setosa"), 250);
-    assert_eq!(cell("virginica", "setosa"), 250, "the quarter between the cuts");
+    assert_eq!(
+        cell("virginica", "setosa"),
+        250,
+        "the quarter between the cuts"
+    );
     assert_eq!(cell("virginica", "virginica"), 500);
     let rendered = state.metrics.render();
     assert!(rendered.contains("streamscore_shadow_records_total{result=\"disagreed\"} 250"));
@@ -240,7 +279,9 @@ fn a_shadow_with_other_inputs_is_refused_like_a_reload() {
     let mut other = stump(4.0, false);
     other.meta.features[0] = "sepal.length".into();
     let other = ModelFile::new(other.meta, other.body);
-    other.write(&dir.path().join("other.json")).expect("written");
+    other
+        .write(&dir.path().join("other.json"))
+        .expect("written");
     let state = state_for(&served, 60_000);
     let refused = state.load_shadow(Path::new("other.json"));
     assert!(refused.is_err(), "different inputs cannot be compared");

@@ -56,10 +56,12 @@ pub fn run(
     let scoring = (|| {
         while let Some(batch) = batcher.next(&**consumer, give_up) {
             let model = state.store.current();
-            let outcomes =
-                state
-                    .observe
-                    .transform(&model, &batch.records, config.max_record_bytes, batch.opened);
+            let outcomes = state.observe.transform(
+                &model,
+                &batch.records,
+                config.max_record_bytes,
+                batch.opened,
+            );
             let Some(slot) = in_flight.acquire(SLOT_POLL, give_up) else {
                 break;
             };

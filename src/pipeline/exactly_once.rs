@@ -31,10 +31,12 @@ pub fn run(
     let give_up = || stop.requested();
     while let Some(batch) = batcher.next(consumer, give_up) {
         let model = state.store.current();
-        let outcomes =
-            state
-                .observe
-                .transform(&model, &batch.records, config.max_record_bytes, batch.opened);
+        let outcomes = state.observe.transform(
+            &model,
+            &batch.records,
+            config.max_record_bytes,
+            batch.opened,
+        );
         let acks = Arc::new(BatchAcks::new(batch.records.len()));
         let (result, destinations) =
             transaction::run_batch(&txn, &config.input_topic, &batch.records, || {

@@ -104,11 +104,9 @@ async fn load_shadow(
     let service = Arc::clone(&state.state);
     let result = tokio::task::spawn_blocking(move || service.load_shadow(&request.path)).await;
     match result {
-        Ok(Ok(model)) => (
-            StatusCode::OK,
-            Json(json!({ "shadow": model.describe() })),
-        )
-            .into_response(),
+        Ok(Ok(model)) => {
+            (StatusCode::OK, Json(json!({ "shadow": model.describe() }))).into_response()
+        }
         Ok(Err(e)) => model_error(e),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -132,7 +130,10 @@ async fn promote(State(state): State<HttpState>, headers: HeaderMap) -> Response
         return unauthorized();
     }
     if state.state.observe.shadow.model().is_none() {
-        return error(StatusCode::NOT_FOUND, "there is no shadow model to promote".into());
+        return error(
+            StatusCode::NOT_FOUND,
+            "there is no shadow model to promote".into(),
+        );
     }
     match state.state.promote() {
         Ok(model) => Json(json!({ "promoted": true, "model": model.describe() })).into_response(),

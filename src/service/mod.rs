@@ -106,7 +106,10 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
         .await?
         .context("reading the stats topic's last window")?;
         if let Some(end) = last {
-            info!(window_end_ms = end, "statistics resume after the last window emitted");
+            info!(
+                window_end_ms = end,
+                "statistics resume after the last window emitted"
+            );
             state.observe.resume_after(end);
         }
     }
@@ -144,12 +147,17 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
     let http_stop = shutdown.child_token();
     let http_task = tokio::spawn(http::serve(listener, http_state, http_stop.clone()));
 
-    crate::stats::emit::spawn(
-        Arc::clone(&state),
-        stats.topic.as_ref().map(|_| client_settings(&config.pipeline)),
-        shutdown.child_token(),
-    )
-    .context("starting the stats thread")?;
+    if stats.enabled {
+        crate::stats::emit::spawn(
+            Arc::clone(&state),
+            stats
+                .topic
+                .as_ref()
+                .map(|_| client_settings(&config.pipeline)),
+            shutdown.child_token(),
+        )
+        .context("starting the stats thread")?;
+    }
 
     let pipeline_state = Arc::clone(&state);
     let pipeline_stop = shutdown.clone();

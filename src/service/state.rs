@@ -54,7 +54,9 @@ impl ServiceState {
     /// shadow stops. Without a shadow, or when refused, nothing changes.
     pub fn promote(&self) -> Result<Arc<LoadedModel>, ModelError> {
         let Some(candidate) = self.observe.shadow.model() else {
-            return Err(ModelError::Invalid("there is no shadow model to promote".into()));
+            return Err(ModelError::Invalid(
+                "there is no shadow model to promote".into(),
+            ));
         };
         match self.store.replace_shared(Arc::clone(&candidate)) {
             Ok(model) => {

@@ -76,10 +76,7 @@ impl Reference {
                 .iter()
                 .enumerate()
                 .map(|(j, name)| {
-                    FeatureReference::from_values(
-                        name,
-                        rows.chunks_exact(width).map(|row| row[j]),
-                    )
+                    FeatureReference::from_values(name, rows.chunks_exact(width).map(|row| row[j]))
                 })
                 .collect(),
         }

@@ -23,6 +23,8 @@ use window::{TimeBasis, WindowSpec};
 /// `--stats-*` settings.
 #[derive(Debug, Clone)]
 pub struct StatsConfig {
+    /// Off: no windows, drift or label figures (the status page keeps rates and timing).
+    pub enabled: bool,
     pub window: WindowSpec,
     pub basis: TimeBasis,
     /// Where each closed window is written as one JSON record; none: `/status` only.
@@ -36,6 +38,7 @@ pub struct StatsConfig {
 impl Default for StatsConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             window: WindowSpec {
                 length_ms: 60_000,
                 slide_ms: 10_000,

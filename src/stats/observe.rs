@@ -15,12 +15,12 @@ use serde_json::{json, Value};
 use super::tally::Tally;
 use super::window::{Closed, TimeBasis, Windows};
 use super::{now_ms, StatsConfig};
+use crate::metrics::ObserveMetrics;
 use crate::model::LoadedModel;
 use crate::record::{Reason, SourcePosition};
-use crate::metrics::ObserveMetrics;
 use crate::shadow::{Shadow, ShadowCounters};
-use prometheus::{Histogram, IntCounter};
 use crate::transform::{transform_batch_watched, Input, Outcome, Watch};
+use prometheus::{Histogram, IntCounter};
 
 /// Seconds of input and processing rate the status page charts.
 pub const RATE_SECONDS: usize = 300;
@@ -239,6 +239,9 @@ pub struct Observer {
     sent_dead_letters: IntCounter,
 }
 
+/// PSI per input feature (none: no inputs in the window).
+pub type Drift = Vec<(String, Option<f64>)>;
+
 /// Windows kept in `/status`.
 const CLOSED_KEPT: usize = 30;
 
@@ -325,7 +328,17 @@ impl Observer {
                 },
             })
             .collect();
-        let mut collector = Collector::new(model, true);
+        let shadowed = self.shadow.is_active();
+        if !self.config.enabled && !shadowed {
+            let outcomes = crate::transform::transform_batch(model, &inputs, max_record_bytes);
+            let scored_at = Instant::now();
+            self.consumed.inc_by(records.len() as u64);
+            self.process
+                .observe(scored_at.duration_since(started).as_secs_f64());
+            self.fold_batch_only(model, records.len(), &outcomes, opened, started, scored_at);
+            return outcomes;
+        }
+        let mut collector = Collector::new(model, self.config.enabled);
         let outcomes = transform_batch_watched(model, &inputs, max_record_bytes, &mut collector);
         let scored_at = Instant::now();
         self.consumed.inc_by(records.len() as u64);
@@ -336,11 +349,53 @@ impl Observer {
             .shadow
             .is_active()
             .then(|| collector.answers_per_input(&outcomes));
-        self.fold(model, records, &outcomes, &collector, now, opened, started, scored_at);
+        self.fold(
+            model, records, &outcomes, &collector, now, opened, started, scored_at,
+        );
         if let Some(served) = served {
             self.shadow.offer(records, served, model, max_record_bytes);
         }
         outcomes
+    }
+
+    /// With statistics off: the per-batch figures of the status page only (rates, timing,
+    /// records per model version), nothing per record.
+    fn fold_batch_only(
+        &self,
+        model: &LoadedModel,
+        records: usize,
+        outcomes: &[Outcome],
+        opened: Instant,
+        started: Instant,
+        scored_at: Instant,
+    ) {
+        let now = now_ms();
+        let scored = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Scored(_)))
+            .count() as u64;
+        let timing = BatchTiming {
+            opened: Some(opened),
+            at_ms: now,
+            records,
+            poll_ms: ms(started.duration_since(opened)),
+            score_ms: ms(scored_at.duration_since(started)),
+            scored_at: Some(scored_at),
+            ..BatchTiming::default()
+        };
+        let mut inner = self.lock();
+        let slot = inner.rates.slot(now.div_euclid(1000));
+        inner.rates.input[slot] += records as u64;
+        let version = inner.versions.entry(model.version.clone()).or_default();
+        if version.records == 0 {
+            version.first_ms = now;
+        }
+        version.records += scored;
+        version.last_ms = now;
+        if inner.pending.len() >= PENDING_BATCHES {
+            inner.pending.pop_front();
+        }
+        inner.pending.push_back(timing);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -359,29 +414,37 @@ impl Observer {
         let features = collector.edges.len();
         let event_time = matches!(self.config.basis, TimeBasis::Event { .. });
         let latency_ms = scored_at.duration_since(opened).as_secs_f64() * 1e3;
-        let mut first_timestamp = i64::MAX;
+        // Timestamps: the batch's first record (scheduling delay) and each partition's last
+        // (lag in seconds): one read per partition, not per record, unless the windows run
+        // on event time.
+        let first_timestamp = records
+            .first()
+            .and_then(|r| r.timestamp().to_millis())
+            .unwrap_or(i64::MAX);
+        let mut last_timestamp: Vec<(i32, Option<i64>)> = Vec::new();
+        for r in records.iter().rev() {
+            let p = r.partition();
+            if !last_timestamp.iter().any(|(q, _)| *q == p) {
+                last_timestamp.push((p, r.timestamp().to_millis()));
+            }
+        }
         // Per pane, this batch's tally: one pane in processing time, a few in event time.
         let mut panes: Vec<(i64, Tally)> = Vec::with_capacity(1);
-        let mut last_timestamp: BTreeMap<i32, i64> = BTreeMap::new();
         let (mut answer, mut row, mut items) = (0usize, 0usize, 0usize);
         for (record, outcome) in records.iter().zip(outcomes) {
-            let timestamp = record.timestamp().to_millis();
-            if let Some(ts) = timestamp {
-                first_timestamp = first_timestamp.min(ts);
-                let last = last_timestamp.entry(record.partition()).or_insert(ts);
-                *last = (*last).max(ts);
-            }
-            let at = match (event_time, timestamp) {
-                (true, Some(ts)) => ts,
-                _ => now,
+            let at = if event_time {
+                record.timestamp().to_millis().unwrap_or(now)
+            } else {
+                now
             };
-            let tally = match panes.iter().position(|(t, _)| *t == at) {
-                Some(i) => &mut panes[i].1,
+            let i = match panes.iter().rposition(|(t, _)| *t == at) {
+                Some(i) => i,
                 None => {
                     panes.push((at, new_tally(classes, collector)));
-                    &mut panes.last_mut().expect("invariant: just pushed").1
+                    panes.len() - 1
                 }
             };
+            let tally = &mut panes[i].1;
             tally.records_in += 1;
             let decoded = match outcome {
                 Outcome::Scored(_) => true,
@@ -403,7 +466,6 @@ impl Observer {
                 continue;
             }
             tally.scored += 1;
-            tally.add_latency(latency_ms, 1);
             match collector.answers.get(answer) {
                 Some(Answer::Class(label)) => {
                     if let Some(n) = tally.labels.get_mut(*label as usize) {
@@ -427,6 +489,11 @@ impl Observer {
                 None => {}
             }
             answer += 1;
+        }
+        // Every record of a batch waited as long: one histogram update per pane.
+        for (_, tally) in &mut panes {
+            let scored = tally.scored;
+            tally.add_latency(latency_ms, scored);
         }
         let decode_end = collector.decoded_at.unwrap_or(started);
         let timing = BatchTiming {
@@ -475,8 +542,10 @@ impl Observer {
         version.records += scored;
         version.last_ms = now;
         for (p, ts) in last_timestamp {
-            let last = inner.last_timestamp.entry(p).or_insert(ts);
-            *last = (*last).max(ts);
+            if let Some(ts) = ts {
+                let last = inner.last_timestamp.entry(p).or_insert(ts);
+                *last = (*last).max(ts);
+            }
         }
         if inner.pending.len() >= PENDING_BATCHES {
             inner.pending.pop_front();
@@ -488,11 +557,7 @@ impl Observer {
     pub fn produced(&self, opened: Instant) {
         let now = Instant::now();
         let mut inner = self.lock();
-        if let Some(t) = inner
-            .pending
-            .iter_mut()
-            .find(|t| t.opened == Some(opened))
-        {
+        if let Some(t) = inner.pending.iter_mut().find(|t| t.opened == Some(opened)) {
             t.produce_ms = t.scored_at.map_or(0.0, |s| ms(now.duration_since(s)));
             t.scored_at = Some(now);
         }
@@ -521,7 +586,7 @@ impl Observer {
 
     /// Closes every window the watermark has passed; returns them as JSON records, oldest
     /// first, and keeps them for `/status`.
-    pub fn close_windows(&self, now: i64) -> Vec<(Value, Vec<(String, Option<f64>)>)> {
+    pub fn close_windows(&self, now: i64) -> Vec<(Value, Drift)> {
         let mut inner = self.lock();
         let closed = inner.windows.close(now);
         let mut out = Vec::with_capacity(closed.len());

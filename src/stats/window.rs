@@ -284,7 +284,11 @@ mod tests {
         assert!(add(&mut w, 35, 0)); // watermark 30: windows ending 10, 20, 30 close
         let first = spans(&w.close(0));
         assert_eq!(first, vec![(-10, 10, 1), (0, 20, 1)]);
-        assert_eq!(w.emitted_until(), Some(30), "the empty [10,30) is passed over");
+        assert_eq!(
+            w.emitted_until(),
+            Some(30),
+            "the empty [10,30) is passed over"
+        );
         // Inside the lateness: 27 is behind the max (35) but its windows [20,40) is open.
         assert!(add(&mut w, 27, 0), "within the allowed lateness");
         // 5 belongs to [−10,10) and [0,20), both emitted: dropped and counted.
@@ -292,7 +296,10 @@ mod tests {
         assert!(add(&mut w, 60, 0));
         let next = w.close(0);
         assert_eq!(next[0].late_records, 1, "the drop is reported once");
-        assert_eq!((next[0].start_ms, next[0].end_ms, next[0].value.0), (20, 40, 2));
+        assert_eq!(
+            (next[0].start_ms, next[0].end_ms, next[0].value.0),
+            (20, 40, 2)
+        );
         assert!(next[1..].iter().all(|c| c.late_records == 0));
     }
 
@@ -307,7 +314,10 @@ mod tests {
         let mut event = Windows::<Count>::new(spec, TimeBasis::Event { lateness_ms: 0 }, None);
         assert!(event.close(1_035).is_empty());
         assert!(add(&mut event, 1_000, 0));
-        assert!(event.close(99_999).is_empty(), "the clock does not move event time");
+        assert!(
+            event.close(99_999).is_empty(),
+            "the clock does not move event time"
+        );
     }
 
     #[test]

@@ -258,7 +258,10 @@ pub fn train(
     Ok(TrainedForest {
         // The training inputs' distribution, which the service's drift figures compare with.
         file: ModelFile::new(meta, ModelBody::RandomForest(fitted.spec)).with_reference(
-            Reference::from_rows(&data.features, &data.records.iter().copied().collect::<Vec<_>>()),
+            Reference::from_rows(
+                &data.features,
+                &data.records.iter().copied().collect::<Vec<_>>(),
+            ),
         ),
         oob_accuracy: fitted.oob_accuracy,
         confusion: fitted.confusion,
