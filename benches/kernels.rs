@@ -370,9 +370,77 @@ fn config() -> Criterion {
         .sample_size(30)
 }
 
+/// What the observer adds on the scoring thread: the same 1,000 iris records through
+/// `transform_batch` and through the delivery loops' hook (`observe.transform`: windows,
+/// drift bins, figures), with statistics on and off.
+fn observe(c: &mut Criterion) {
+    use rdkafka::message::{OwnedMessage, Timestamp};
+    use std::time::Instant;
+    use streamscore::model::ModelStore;
+    use streamscore::service::state::ServiceState;
+    use streamscore::stats::observe::About;
+    use streamscore::stats::StatsConfig;
+
+    let path = repo_path("models/iris-forest.json");
+    let iris = iris_model();
+    let payloads = iris_records(&iris, 1000);
+    let messages: Vec<OwnedMessage> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            OwnedMessage::new(
+                Some(p.clone().into_bytes()),
+                None,
+                "in".into(),
+                Timestamp::CreateTime(1_700_000_000_000 + i as i64),
+                (i % 4) as i32,
+                i as i64,
+                None,
+            )
+        })
+        .collect();
+    let inputs = as_inputs(&payloads);
+    let state_with = |enabled: bool| {
+        let store = ModelStore::open(&path, false).expect("model");
+        let stats = StatsConfig {
+            enabled,
+            ..StatsConfig::default()
+        };
+        ServiceState::with_stats(store, stats, About::default())
+    };
+    let (on, off) = (state_with(true), state_with(false));
+    let model = on.store.current();
+    let mut group = c.benchmark_group("observe");
+    group.throughput(Throughput::Elements(messages.len() as u64));
+    group.bench_function("transform_batch_iris_1000", |b| {
+        b.iter(|| transform_batch(&model, black_box(&inputs), DEFAULT_MAX_RECORD_BYTES))
+    });
+    group.bench_function("stats_on_iris_1000", |b| {
+        b.iter(|| {
+            on.observe.transform(
+                &model,
+                black_box(&messages),
+                DEFAULT_MAX_RECORD_BYTES,
+                Instant::now(),
+            )
+        })
+    });
+    group.bench_function("stats_off_iris_1000", |b| {
+        b.iter(|| {
+            off.observe.transform(
+                &model,
+                black_box(&messages),
+                DEFAULT_MAX_RECORD_BYTES,
+                Instant::now(),
+            )
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = kernels;
     config = config();
-    targets = forest, pmml_forest, recommender, decode, encode, transform
+    targets = forest, pmml_forest, recommender, decode, encode, transform, observe
 }
 criterion_main!(kernels);

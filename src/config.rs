@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::pipeline::Guarantee;
 use crate::record::DEFAULT_MAX_RECORD_BYTES;
+use crate::stats::{StatsConfig, StatsTime};
 
 /// Prefix of environment variables that become librdkafka properties:
 /// `STREAMSCORE_KAFKA_SECURITY_PROTOCOL=SASL_SSL` → `security.protocol=SASL_SSL`.
@@ -208,6 +209,74 @@ pub struct ServeArgs {
     /// Address of the HTTP side port (health, readiness, metrics, model admin).
     #[arg(long, env = "STREAMSCORE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// Windowed statistics, drift and the shadow model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ObserveArgs {
+    /// Turn windowed statistics and drift off (the status page keeps rates and timing).
+    #[arg(long, env = "STREAMSCORE_NO_STATS")]
+    pub no_stats: bool,
+    /// Length of a statistics window (e.g. 1m).
+    #[arg(long, env = "STREAMSCORE_STATS_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub stats_window: Duration,
+    /// How often a window closes; the window is a whole number of slides.
+    #[arg(long, env = "STREAMSCORE_STATS_SLIDE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stats_slide: Duration,
+    /// `processing` (default: when the record was scored) or `event` (its Kafka timestamp).
+    #[arg(long, env = "STREAMSCORE_STATS_TIME", value_enum, default_value_t = StatsTime::Processing)]
+    pub stats_time: StatsTime,
+    /// Event time only: how far behind the newest timestamp a record may be and still count.
+    #[arg(long, env = "STREAMSCORE_STATS_LATENESS", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stats_lateness: Duration,
+    /// Topic that receives one JSON record per closed window (none: `/status` only).
+    #[arg(long, env = "STREAMSCORE_STATS_TOPIC")]
+    pub stats_topic: Option<String>,
+    /// PSI above which an input feature is reported as drifted.
+    #[arg(long, env = "STREAMSCORE_DRIFT_THRESHOLD", default_value_t = crate::stats::drift::DEFAULT_THRESHOLD)]
+    pub drift_threshold: f64,
+    /// A candidate model scored beside the served one (same inputs), off the output path.
+    #[arg(long, env = "STREAMSCORE_SHADOW_MODEL")]
+    pub shadow_model: Option<PathBuf>,
+    /// Topic for the shadow model's predictions (none: they are only compared).
+    #[arg(long, env = "STREAMSCORE_SHADOW_TOPIC")]
+    pub shadow_topic: Option<String>,
+}
+
+/// `ObserveArgs`, checked.
+#[derive(Debug, Clone, Default)]
+pub struct ObserveOptions {
+    pub stats: StatsConfig,
+    pub shadow_model: Option<PathBuf>,
+    pub shadow_topic: Option<String>,
+}
+
+impl ObserveArgs {
+    pub fn options(&self, instance: String) -> Result<ObserveOptions, String> {
+        let (window, basis) = StatsConfig::from_flags(
+            self.stats_window,
+            self.stats_slide,
+            self.stats_time,
+            self.stats_lateness,
+        )?;
+        if !(self.drift_threshold.is_finite() && self.drift_threshold > 0.0) {
+            return Err("--drift-threshold must be a number above zero".into());
+        }
+        Ok(ObserveOptions {
+            stats: StatsConfig {
+                enabled: !self.no_stats,
+                window,
+                basis,
+                topic: self.stats_topic.clone(),
+                drift_threshold: self.drift_threshold,
+                instance,
+            },
+            shadow_model: self.shadow_model.clone(),
+            shadow_topic: self.shadow_topic.clone(),
+        })
+    }
 }
 
 impl ServeArgs {
@@ -240,6 +309,21 @@ impl ServeArgs {
                 },
             },
         })
+    }
+}
+
+impl ServeArgs {
+    /// The name this instance's statistics windows carry: stable across restarts.
+    pub fn instance(&self) -> String {
+        let name = self
+            .instance_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .or_else(hostname)
+            .unwrap_or_else(|| "streamscore".to_owned());
+        format!("{}-{name}", self.group)
     }
 }
 

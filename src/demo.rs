@@ -40,9 +40,25 @@ pub struct DemoArgs {
     /// Partitions of each demo topic.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=64))]
     pub partitions: i32,
-    /// HTTP side port of the demo service.
+    /// HTTP side port of the demo service (the status page); when it is taken, the demo
+    /// takes a free port instead and says so.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Statistics window of the demo (short, so the status page fills quickly).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub stats_window: Duration,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stats_slide: Duration,
+    /// A candidate model to run as the demo's shadow.
+    #[arg(long)]
+    pub shadow_model: Option<PathBuf>,
+    /// With --forever: sample records per second that keep flowing after the first pass.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// With --forever: add this many cm to every petal length of the live traffic, to see
+    /// the drift figures move (iris models).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub shift: f64,
     /// How long to wait for all samples to come back before giving up.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -67,11 +83,25 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         Model::Recommender(_) => user_event_samples(),
     };
 
+    let (http_addr, taken) = free_side_port(args.http_addr);
+    let (window, basis) = crate::stats::StatsConfig::from_flags(
+        args.stats_window,
+        args.stats_slide,
+        crate::stats::StatsTime::Processing,
+        Duration::ZERO,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+
     let cluster = MockCluster::new(1).context("starting the embedded broker")?;
     for topic in [INPUT_TOPIC, OUTPUT_TOPIC, DEAD_LETTER_TOPIC] {
         cluster.create_topic(topic, args.partitions, 1)?;
     }
     let brokers = cluster.bootstrap_servers();
+    // The page's address comes first: it is what a new user opens.
+    println!("status page: http://{http_addr}/");
+    if let Some(note) = taken {
+        println!("  ({note})");
+    }
     println!("embedded broker: {brokers}");
     println!("read the predictions with: kcat -b {brokers} -t {OUTPUT_TOPIC} -C -e");
 
@@ -97,14 +127,24 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         },
         model: args.model.clone(),
         allow_kind_change: true,
-        http_addr: args.http_addr,
+        http_addr,
         admin_token: std::env::var(service::ADMIN_TOKEN_ENV)
             .ok()
             .filter(|t| !t.is_empty()),
+        observe: crate::config::ObserveOptions {
+            stats: crate::stats::StatsConfig {
+                window,
+                basis,
+                instance: "streamscore-demo".into(),
+                ..Default::default()
+            },
+            shadow_model: args.shadow_model.clone(),
+            shadow_topic: None,
+        },
     })
     .await?;
     println!(
-        "side port: http://{}  (try /model, /metrics, /readyz)",
+        "side port: http://{}  (try /model, /metrics, /readyz, /status)",
         service.http_addr
     );
 
@@ -129,6 +169,15 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .collect();
     let tally = watch(&watcher, samples.len(), &expected, args, &interrupted).await;
     if args.forever && !interrupted.is_cancelled() {
+        if args.rate > 0 {
+            tokio::spawn(live_traffic(
+                brokers.clone(),
+                live_values(args, &model, &samples),
+                args.rate,
+                interrupted.clone(),
+            ));
+            println!("sending {} sample records per second", args.rate);
+        }
         println!(
             "serving until Ctrl-C (broker {brokers}, side port http://{})",
             service.http_addr
@@ -157,6 +206,80 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `wanted`, or a free port on the same address when something else holds it (and a note
+/// saying so): the demo is the first thing a new user runs, often beside another program
+/// on 8080.
+fn free_side_port(wanted: SocketAddr) -> (SocketAddr, Option<String>) {
+    match std::net::TcpListener::bind(wanted) {
+        // Free: released here and bound again by the service a moment later.
+        Ok(_) => (wanted, None),
+        Err(e) => {
+            let mut fallback = wanted;
+            fallback.set_port(0);
+            match std::net::TcpListener::bind(fallback).and_then(|l| l.local_addr()) {
+                Ok(free) => (free, Some(format!("{wanted} is taken: {e}; using {free}"))),
+                // Let the service report the original error.
+                Err(_) => (wanted, None),
+            }
+        }
+    }
+}
+
+/// Endless sample traffic for `--forever`, so that the status page has a live stream to
+/// show: `values` in turn at `rate` per second.
+async fn live_traffic(
+    brokers: String,
+    values: Vec<Vec<u8>>,
+    rate: u32,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "20")
+        .create()?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let per_tick = (rate as usize).div_ceil(10).max(1);
+    let mut next = 0usize;
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let value = &values[next % values.len()];
+            let key = format!("live-{next}");
+            // A full queue means the broker is behind; the next tick tries again.
+            let _ = producer.send_result(FutureRecord::to(INPUT_TOPIC).key(&key).payload(value));
+            next += 1;
+        }
+    }
+    Ok(())
+}
+
+fn live_values(args: &DemoArgs, model: &LoadedModel, samples: &[Sample]) -> Vec<Vec<u8>> {
+    let shifted = match &model.model {
+        Model::Forest(_) | Model::Pmml(_) if args.shift != 0.0 => {
+            read_csv(&args.data, "species").ok().map(|data| {
+                data.records
+                    .rows()
+                    .into_iter()
+                    .map(|row| {
+                        let mut object = serde_json::Map::new();
+                        for (name, value) in data.features.iter().zip(row) {
+                            let v = if name.starts_with("petal_length") {
+                                value + args.shift
+                            } else {
+                                *value
+                            };
+                            object.insert(name.clone(), serde_json::json!(v));
+                        }
+                        serde_json::Value::Object(object).to_string().into_bytes()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        }
+        _ => None,
+    };
+    shifted.unwrap_or_else(|| samples.iter().map(|s| s.value.clone()).collect())
 }
 
 fn iris_samples(args: &DemoArgs, model: &LoadedModel) -> anyhow::Result<Vec<Sample>> {

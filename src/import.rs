@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::model::{pmml_file_renamed, LoadedModel};
+use crate::stats::drift::Reference;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ImportArgs {
@@ -22,13 +23,22 @@ pub struct ImportArgs {
     /// `IndexToString` did for an index-valued label).
     #[arg(long, value_delimiter = ',')]
     pub classes: Vec<String>,
+    /// CSV with a header naming the model's inputs (as records name them): its rows become
+    /// the drift reference, as training data does for `train forest`.
+    #[arg(long)]
+    pub reference_data: Option<PathBuf>,
 }
 
 pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let file = pmml_file_renamed(&bytes, args.features.clone(), args.classes.clone())
+    let mut file = pmml_file_renamed(&bytes, args.features.clone(), args.classes.clone())
         .with_context(|| format!("importing {}", args.file.display()))?;
+    if let Some(csv) = &args.reference_data {
+        let rows = read_columns(csv, &file.meta.features)?;
+        let reference = Reference::from_rows(&file.meta.features, &rows);
+        file = file.with_reference(reference);
+    }
     // Loaded once as the service would, so that a file written here is one that serves.
     let model = LoadedModel::from_file(file.clone())?;
     file.write(&args.out)?;
@@ -45,4 +55,45 @@ pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// The named columns of a CSV file, row-major; an empty cell is a missing value (NaN).
+fn read_columns(path: &std::path::Path, names: &[String]) -> anyhow::Result<Vec<f64>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let headers = reader.headers()?.clone();
+    let columns: Vec<usize> = names
+        .iter()
+        .map(|name| {
+            headers.iter().position(|h| h == name).with_context(|| {
+                format!(
+                    "{} has no column {name:?} (the model's input)",
+                    path.display()
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut rows = Vec::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record?;
+        for (&column, name) in columns.iter().zip(names) {
+            let cell = record.get(column).unwrap_or("").trim();
+            let value = if cell.is_empty() {
+                f64::NAN
+            } else {
+                cell.parse::<f64>().with_context(|| {
+                    format!(
+                        "{} row {}: {name} = {cell:?} is not a number",
+                        path.display(),
+                        line + 2
+                    )
+                })?
+            };
+            rows.push(value);
+        }
+    }
+    if rows.is_empty() {
+        anyhow::bail!("{} has no rows", path.display());
+    }
+    Ok(rows)
 }

@@ -16,6 +16,8 @@ pub mod pipeline;
 pub mod record;
 pub mod score;
 pub mod service;
+pub mod shadow;
+pub mod stats;
 /// The side port, where the rest of the crate has always found it.
 pub use service::http;
 pub mod train;

@@ -2,8 +2,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -164,6 +164,11 @@ impl Metrics {
         m
     }
 
+    /// The registry, for the observer's metrics (`ObserveMetrics`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn set_model(&self, kind: &str, version: &str) {
         self.model_info.reset();
         self.model_info.with_label_values(&[kind, version]).set(1);
@@ -181,5 +186,131 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The observer's metrics: drift, windows, the shadow model, and the measures OpenTelemetry's
+/// messaging semantic conventions name, under their Prometheus spelling
+/// (`messaging.client.consumed.messages` → `messaging_client_consumed_messages_total`) and
+/// attribute names (`messaging.destination.name` → `messaging_destination_name`).
+pub struct ObserveMetrics {
+    pub feature_psi: GaugeVec,
+    pub features_drifted: IntGauge,
+    pub windows_emitted: IntCounter,
+    pub late_records: IntCounter,
+    pub shadow_records: IntCounterVec,
+    pub shadow_dropped_records: IntCounter,
+    pub shadow_batch_seconds: Histogram,
+    /// `messaging.client.consumed.messages`, by destination and consumer group.
+    pub consumed_messages: IntCounterVec,
+    /// `messaging.client.sent.messages`, by destination.
+    pub sent_messages: IntCounterVec,
+    /// `messaging.process.duration`: one observation per micro-batch processed.
+    pub process_duration: HistogramVec,
+}
+
+impl ObserveMetrics {
+    pub fn new(r: &Registry) -> Self {
+        let ns = |name: &str| format!("streamscore_{name}");
+        let otel = [
+            "messaging_system",
+            "messaging_destination_name",
+            "messaging_operation_name",
+        ];
+        let otel_group = [
+            "messaging_system",
+            "messaging_destination_name",
+            "messaging_consumer_group_name",
+            "messaging_operation_name",
+        ];
+        let m = Self {
+            feature_psi: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        ns("feature_psi"),
+                        "Population stability index of each input feature over the last closed stats window, against the model's training reference",
+                    ),
+                    &["feature"],
+                ),
+            ),
+            features_drifted: register(
+                r,
+                IntGauge::new(
+                    ns("features_drifted"),
+                    "Input features whose PSI in the last closed window is above the drift threshold",
+                ),
+            ),
+            windows_emitted: register(
+                r,
+                IntCounter::new(ns("stats_windows_total"), "Statistics windows closed and emitted"),
+            ),
+            late_records: register(
+                r,
+                IntCounter::new(
+                    ns("stats_late_records_total"),
+                    "Records left out of the statistics because every window they belong to was already emitted (event time)",
+                ),
+            ),
+            shadow_records: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        ns("shadow_records_total"),
+                        "Records scored by the shadow model, by comparison with the served model (agreed, disagreed, shadow_refused, served_refused)",
+                    ),
+                    &["result"],
+                ),
+            ),
+            shadow_dropped_records: register(
+                r,
+                IntCounter::new(
+                    ns("shadow_dropped_records_total"),
+                    "Records the shadow model skipped because it fell behind the stream",
+                ),
+            ),
+            shadow_batch_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(ns("shadow_batch_seconds"), "Shadow model scoring time per batch")
+                        .buckets(exponential_buckets(0.0001, 2.0, 16).unwrap_or_default()),
+                ),
+            ),
+            consumed_messages: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "messaging_client_consumed_messages_total",
+                        "OpenTelemetry messaging.client.consumed.messages: messages delivered to the application by the consumer",
+                    ),
+                    &otel_group,
+                ),
+            ),
+            sent_messages: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "messaging_client_sent_messages_total",
+                        "OpenTelemetry messaging.client.sent.messages: messages the producer sent and the broker acknowledged",
+                    ),
+                    &otel,
+                ),
+            ),
+            process_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "messaging_process_duration_seconds",
+                        "OpenTelemetry messaging.process.duration: decode and score of one consumed micro-batch",
+                    )
+                    .buckets(exponential_buckets(0.0001, 2.0, 18).unwrap_or_default()),
+                    &otel_group,
+                ),
+            ),
+        };
+        for result in ["agreed", "disagreed", "shadow_refused", "served_refused"] {
+            m.shadow_records.with_label_values(&[result]);
+        }
+        m
     }
 }

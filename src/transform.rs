@@ -29,16 +29,48 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
+/// What a batch's records looked like on the way through, for statistics, drift and the
+/// shadow model (`stats::observe`). Every method has a no-op default, so the plain
+/// `transform_batch` pays nothing for it.
+pub trait Watch {
+    /// The decoded feature rows of the batch, row-major (NaN: missing), once per batch.
+    fn rows(&mut self, _features: &[f64], _width: usize) {}
+    /// Decoding is done; scoring starts.
+    fn decoded(&mut self) {}
+    /// One scored record of a classifier, in input order among the scored ones.
+    fn class<P: Copy + Into<f64>>(&mut self, _label: usize, _probabilities: &[P]) {}
+    /// One scored record of a regression.
+    fn value(&mut self, _prediction: f64) {}
+    /// One scored record of a recommender: its items, best first.
+    fn items(&mut self, _items: &mut dyn Iterator<Item = i64>) {}
+}
+
+/// The watch that sees nothing.
+pub struct Unwatched;
+impl Watch for Unwatched {}
+
 /// Turns a batch of inputs into one outcome per input, in the same order.
 pub fn transform_batch(
     model: &LoadedModel,
     inputs: &[Input<'_>],
     max_record_bytes: usize,
 ) -> Vec<Outcome> {
+    transform_batch_watched(model, inputs, max_record_bytes, &mut Unwatched)
+}
+
+/// `transform_batch`, telling `watch` what it decoded and predicted.
+pub fn transform_batch_watched(
+    model: &LoadedModel,
+    inputs: &[Input<'_>],
+    max_record_bytes: usize,
+    watch: &mut impl Watch,
+) -> Vec<Outcome> {
     match &model.model {
-        Model::Forest(forest) => classify(model, forest, inputs, max_record_bytes),
-        Model::Recommender(recommender) => recommend(model, recommender, inputs, max_record_bytes),
-        Model::Pmml(pmml) => score_pmml(model, pmml, inputs, max_record_bytes),
+        Model::Forest(forest) => classify(model, forest, inputs, max_record_bytes, watch),
+        Model::Recommender(recommender) => {
+            recommend(model, recommender, inputs, max_record_bytes, watch)
+        }
+        Model::Pmml(pmml) => score_pmml(model, pmml, inputs, max_record_bytes, watch),
     }
 }
 
@@ -47,6 +79,7 @@ fn classify(
     forest: &Forest,
     inputs: &[Input<'_>],
     max_bytes: usize,
+    watch: &mut impl Watch,
 ) -> Vec<Outcome> {
     let n_features = model.meta.features.len();
     let mut decoder = FeatureDecoder::new(FeatureSchema::new(&model.meta.features));
@@ -62,6 +95,8 @@ fn classify(
         }
         decoded.push(result);
     }
+    watch.rows(&matrix, n_features);
+    watch.decoded();
     let rows = matrix.len() / n_features;
     let probabilities = match Array2::from_shape_vec((rows, n_features), matrix) {
         Ok(features) => forest.predict_proba(features.view()),
@@ -76,6 +111,7 @@ fn classify(
             Err(rejection) => Outcome::Rejected(rejection),
             Ok(id) => {
                 let probs = probabilities.row(row);
+                watch.class(labels[row], probs.as_slice().unwrap_or_default());
                 let out = Classification::new(
                     id,
                     &model.meta.classes,
@@ -98,6 +134,7 @@ fn score_pmml(
     pmml: &PmmlModel,
     inputs: &[Input<'_>],
     max_bytes: usize,
+    watch: &mut impl Watch,
 ) -> Vec<Outcome> {
     let n_features = pmml.features().len();
     let mut decoder = PmmlDecoder::new(pmml, &model.meta.features);
@@ -113,6 +150,8 @@ fn score_pmml(
         }
         decoded.push(result);
     }
+    watch.rows(&matrix, n_features);
+    watch.decoded();
     let mut predictions = pmml.predict_rows(&matrix).into_iter();
     decoded
         .into_iter()
@@ -128,24 +167,30 @@ fn score_pmml(
                     Reason::NoPrediction,
                     "the model gives no prediction for these inputs (a missing value it does not route)",
                 )),
-                Prediction::Value(prediction) => Outcome::Scored(to_json(&RegressionOut {
+                Prediction::Value(prediction) => {
+                    watch.value(prediction);
+                    Outcome::Scored(to_json(&RegressionOut {
                     id,
                     prediction,
                     model_version: &model.version,
                     partition: source.partition,
                     offset: source.offset,
-                })),
+                    }))
+                }
                 Prediction::Class {
                     label,
                     probabilities,
-                } => Outcome::Scored(to_json(&Classification::new(
+                } => {
+                    watch.class(label, &probabilities);
+                    Outcome::Scored(to_json(&Classification::new(
                     id,
                     &model.meta.classes,
                     &probabilities,
                     label,
                     &model.version,
                     source,
-                ))),
+                    )))
+                }
             }
         })
         .collect()
@@ -156,6 +201,7 @@ fn recommend(
     recommender: &Recommender,
     inputs: &[Input<'_>],
     max_bytes: usize,
+    watch: &mut impl Watch,
 ) -> Vec<Outcome> {
     let decoded: Vec<_> = inputs
         .iter()
@@ -166,6 +212,7 @@ fn recommend(
         .filter_map(|r| r.as_ref().ok())
         .map(|e| Request { uid: e.uid, n: e.n })
         .collect();
+    watch.decoded();
     let mut recommendations = recommender.recommend_batch(&requests).into_iter();
     decoded
         .into_iter()
@@ -176,6 +223,7 @@ fn recommend(
                 let Some(rec) = recommendations.next() else {
                     unreachable!("the recommender answers every request")
                 };
+                watch.items(&mut rec.items.iter().map(|i| i.item));
                 Outcome::Scored(to_json(&RecommendationOut {
                     id: event.id,
                     uid: event.uid,

@@ -28,7 +28,7 @@ async fn stops_on(api: RDKafkaApiKey, error: RDKafkaRespErr, static_member: bool
     let _ = broker
         .collect(&[&topics.output], 2, 100, Duration::from_secs(30))
         .await;
-    mock.request_errors(api, &vec![error; 50]);
+    mock.request_errors(api, &[error; 50]);
     let state = Arc::clone(&service.state);
     let result = tokio::time::timeout(Duration::from_secs(60), service.wait())
         .await

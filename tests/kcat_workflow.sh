@@ -79,7 +79,8 @@ wait_for_stdout_line() {
 # Starts `streamscore demo --forever` with extra arguments; sets BROKER and SIDE_PORT.
 start_demo() {
     DEMO_DIR="$(mktemp -d)"
-    "$BIN" --log-format json demo --forever \
+    # --rate 0: no live sample traffic after the first pass, so the counts below are exact.
+    "$BIN" --log-format json demo --forever --rate 0 \
         --http-addr 127.0.0.1:0 --timeout "${TIMEOUT}s" "$@" \
         >"$DEMO_DIR/stdout.log" 2>"$DEMO_DIR/stderr.log" &
     DEMO_PID=$!

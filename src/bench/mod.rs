@@ -11,6 +11,7 @@
 //! its send time (carried in its `id`) to the moment its output is read.
 
 mod child;
+mod observe;
 mod references;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +67,11 @@ pub struct BenchArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of the usual runs: the service with statistics off, on (1m window, 10s slide,
+    /// a stats topic) and on with a shadow model (the same model again), against the
+    /// loopback ceiling.
+    #[arg(long)]
+    pub observe: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,6 +88,9 @@ struct RunFigures {
     peak_rss_mb: f64,
     start_to_serving_ms: f64,
     start_to_ready_ms: f64,
+    /// Records a shadow model compared, and skipped because it fell behind (shadow runs).
+    shadow_compared: f64,
+    shadow_dropped: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -149,6 +158,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.latency {
         let report = latency(args, &brokers, &topics).await?;
         print_latency(&report, args.json)?;
+    } else if args.observe {
+        let records = capped(args.records, mock.is_some(), args.partitions);
+        let report = observe::run(args, &brokers, &topics, records).await?;
+        observe::print(&report, args.json)?;
     } else {
         let mut records = args.records;
         if mock.is_some() {
@@ -255,7 +268,21 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `records`, capped at what the embedded mock keeps.
+fn capped(records: usize, mock: bool, partitions: i32) -> usize {
+    let cap = MOCK_RECORDS_PER_PARTITION * partitions as usize;
+    if mock && records > cap {
+        eprintln!("embedded mock broker: capping N at {cap} (it keeps ~5 MiB per partition); pass --brokers for larger runs");
+        return cap;
+    }
+    records
+}
+
 struct BenchTopics {
+    stats_off_out: String,
+    stats_on_out: String,
+    shadow_out: String,
+    stats: String,
     input: String,
     ceiling_out: String,
     forest_out: String,
@@ -269,6 +296,10 @@ struct BenchTopics {
 impl BenchTopics {
     fn new(run_id: &str) -> Self {
         Self {
+            stats_off_out: format!("bench-stats-off-{run_id}"),
+            stats_on_out: format!("bench-stats-on-{run_id}"),
+            shadow_out: format!("bench-shadow-{run_id}"),
+            stats: format!("bench-stats-{run_id}"),
             input: format!("bench-in-{run_id}"),
             ceiling_out: format!("bench-ceiling-{run_id}"),
             forest_out: format!("bench-forest-{run_id}"),
@@ -280,8 +311,12 @@ impl BenchTopics {
         }
     }
 
-    fn all(&self) -> [&str; 8] {
+    fn all(&self) -> [&str; 12] {
         [
+            &self.stats_off_out,
+            &self.stats_on_out,
+            &self.shadow_out,
+            &self.stats,
             &self.input,
             &self.ceiling_out,
             &self.forest_out,
@@ -441,6 +476,14 @@ async fn serve_until_done(
         peak_rss_mb,
         start_to_serving_ms: start_up.serving.as_secs_f64() * 1e3,
         start_to_ready_ms: start_up.ready.as_secs_f64() * 1e3,
+        shadow_compared: metric_sum(
+            &metrics,
+            "streamscore_shadow_records_total{result=\"agreed\"}",
+        ) + metric_sum(
+            &metrics,
+            "streamscore_shadow_records_total{result=\"disagreed\"}",
+        ),
+        shadow_dropped: metric_sum(&metrics, "streamscore_shadow_dropped_records_total"),
     })
 }
 

@@ -123,6 +123,10 @@ pub struct ModelFile {
     pub meta: ModelMeta,
     #[serde(flatten)]
     pub body: ModelBody,
+    /// The training data's distribution per input feature, for drift (`stats::drift`).
+    /// Absent in files made before it existed; their version hash is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::stats::drift::Reference>,
 }
 
 impl ModelFile {
@@ -131,14 +135,22 @@ impl ModelFile {
     /// `SOURCE_DATE_EPOCH` pins the creation time, so that the same data and seed give a
     /// byte-identical file (the reproducible-builds convention).
     pub fn new(meta: ModelMeta, body: ModelBody) -> Self {
-        let version = content_version(&meta, &body);
+        let version = content_version(&meta, &body, None);
         Self {
             format: FORMAT,
             version,
             created_at: creation_time(),
             meta,
             body,
+            reference: None,
         }
+    }
+
+    /// The same model with a drift reference, under the version hash that covers it.
+    pub fn with_reference(mut self, reference: crate::stats::drift::Reference) -> Self {
+        self.version = content_version(&self.meta, &self.body, Some(&reference));
+        self.reference = Some(reference);
+        self
     }
 
     pub fn kind(&self) -> ModelKind {
@@ -150,7 +162,7 @@ impl ModelFile {
         if file.format != FORMAT {
             return Err(ModelError::UnsupportedFormat(file.format));
         }
-        let actual = content_version(&file.meta, &file.body);
+        let actual = content_version(&file.meta, &file.body, file.reference.as_ref());
         if actual != file.version {
             return Err(ModelError::VersionMismatch {
                 stated: file.version,
@@ -185,7 +197,11 @@ impl ModelFile {
     }
 }
 
-fn content_version(meta: &ModelMeta, body: &ModelBody) -> String {
+fn content_version(
+    meta: &ModelMeta,
+    body: &ModelBody,
+    reference: Option<&crate::stats::drift::Reference>,
+) -> String {
     let prefix = match body.kind() {
         ModelKind::RandomForest => "rf",
         ModelKind::MatrixFactorization => "mf",
@@ -193,7 +209,11 @@ fn content_version(meta: &ModelMeta, body: &ModelBody) -> String {
     };
     let mut hasher = Sha256::new();
     // Serialising plain data to a Vec cannot fail: no maps with non-string keys, no I/O.
-    let bytes = serde_json::to_vec(&(FORMAT, meta, body)).unwrap_or_default();
+    let bytes = match reference {
+        None => serde_json::to_vec(&(FORMAT, meta, body)),
+        Some(reference) => serde_json::to_vec(&(FORMAT, meta, body, reference)),
+    }
+    .unwrap_or_default();
     hasher.update(&bytes);
     let digest = hasher.finalize();
     let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
@@ -286,6 +306,10 @@ pub struct LoadedModel {
     pub created_at: String,
     pub meta: ModelMeta,
     pub model: Model,
+    /// The drift reference of the file, checked against the model's features.
+    pub reference: Option<std::sync::Arc<crate::stats::drift::Reference>>,
+    /// When this process loaded it (ms since the Unix epoch).
+    pub loaded_at_ms: i64,
 }
 
 /// The scoring forms, one per kind. The pipeline matches on this once per batch.
@@ -298,6 +322,15 @@ pub enum Model {
 
 impl LoadedModel {
     pub fn from_file(file: ModelFile) -> Result<Self, ModelError> {
+        let reference = match &file.reference {
+            None => None,
+            Some(r) => {
+                r.validate(&file.meta.features)
+                    .map_err(ModelError::Invalid)?;
+                Some(std::sync::Arc::new(r.clone()))
+            }
+        };
+        let loaded_at_ms = crate::stats::now_ms();
         if let ModelBody::Pmml(spec) = &file.body {
             let model = compile_pmml(spec)?;
             let meta = pmml_meta(&model, spec, file.meta.params.clone())?;
@@ -311,6 +344,8 @@ impl LoadedModel {
                 created_at: file.created_at,
                 meta,
                 model: Model::Pmml(Box::new(model)),
+                reference,
+                loaded_at_ms,
             });
         }
         validate_names(&file.meta)?;
@@ -336,6 +371,8 @@ impl LoadedModel {
             created_at: file.created_at,
             meta: file.meta,
             model,
+            reference,
+            loaded_at_ms,
         })
     }
 
@@ -374,6 +411,10 @@ impl LoadedModel {
             "classes": self.meta.classes,
             "params": self.meta.params,
             "metrics": self.meta.metrics,
+            "loaded_at": crate::stats::observe::rfc3339_ms(self.loaded_at_ms),
+            "drift_reference": self.reference.as_ref().map(|r| {
+                r.features.iter().map(|f| f.feature.clone()).collect::<Vec<_>>()
+            }),
         });
         let detail = match &self.model {
             Model::Forest(f) => serde_json::json!({ "trees": f.n_trees() }),

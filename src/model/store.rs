@@ -70,10 +70,25 @@ impl ModelStore {
     /// Swaps in a model built elsewhere (an upload), under the same rules as a reload: the
     /// kind and the features may not change unless allowed, and a refusal keeps the old.
     pub fn replace(&self, candidate: LoadedModel) -> Result<Arc<LoadedModel>, ModelError> {
+        self.replace_shared(Arc::new(candidate))
+    }
+
+    /// `replace` for a model already shared (a shadow model being promoted).
+    pub fn replace_shared(
+        &self,
+        candidate: Arc<LoadedModel>,
+    ) -> Result<Arc<LoadedModel>, ModelError> {
         let _guard = self
             .reload_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.check(&candidate)?;
+        self.current.store(Arc::clone(&candidate));
+        Ok(candidate)
+    }
+
+    /// Whether `candidate` may replace the current model: the rules of a reload.
+    pub fn check(&self, candidate: &LoadedModel) -> Result<(), ModelError> {
         let old = self.current.load();
         if candidate.kind() != old.kind() && !self.allow_kind_change {
             return Err(ModelError::KindChanged {
@@ -87,8 +102,14 @@ impl ModelStore {
                 to: candidate.meta.features.clone(),
             });
         }
-        let candidate = Arc::new(candidate);
-        self.current.store(Arc::clone(&candidate));
+        Ok(())
+    }
+
+    /// Loads a file in the model directory without swapping it in (a shadow candidate),
+    /// checked by the rules of a reload.
+    pub fn load_candidate(&self, path: &Path) -> Result<LoadedModel, ModelError> {
+        let candidate = LoadedModel::load(&self.resolve_in_model_dir(path)?)?;
+        self.check(&candidate)?;
         Ok(candidate)
     }
 

@@ -15,9 +15,8 @@ use super::commit::{next_offsets, CommitStage, ProducedBatch};
 use super::in_flight::InFlight;
 use super::sink::Sink;
 use super::source::Consumer;
-use super::{inputs_of, PipelineConfig, Stop};
+use super::{PipelineConfig, Stop};
 use crate::service::state::ServiceState;
-use crate::transform::transform_batch;
 
 /// How often a wait for a free in-flight slot checks whether it should give up.
 const SLOT_POLL: Duration = Duration::from_millis(50);
@@ -57,8 +56,12 @@ pub fn run(
     let scoring = (|| {
         while let Some(batch) = batcher.next(&**consumer, give_up) {
             let model = state.store.current();
-            let outcomes =
-                transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
+            let outcomes = state.observe.transform(
+                &model,
+                &batch.records,
+                config.max_record_bytes,
+                batch.opened,
+            );
             // Not `give_up`: a shutdown still finishes the batch it holds, and the commit
             // stage keeps freeing slots until the pipeline has failed.
             let failed = || state.health.has_failed() || commit_failed.load(Ordering::Acquire);
@@ -67,6 +70,7 @@ pub fn run(
             };
             let acks = Arc::new(BatchAcks::new(batch.records.len()));
             let destinations = sink.send_batch(&batch.records, &outcomes, &acks, failed)?;
+            state.observe.produced(batch.opened);
             metrics.records_in.inc_by(batch.records.len() as u64);
             metrics.batch_size.observe(batch.records.len() as f64);
             let produced = ProducedBatch {

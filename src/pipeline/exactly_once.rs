@@ -11,9 +11,8 @@ use super::replays::Replays;
 use super::sink::Sink;
 use super::source::Consumer;
 use super::transaction::{self, BatchResult, KafkaTransactions};
-use super::{inputs_of, PipelineConfig, Stop};
+use super::{PipelineConfig, Stop};
 use crate::service::state::ServiceState;
-use crate::transform::transform_batch;
 
 pub fn run(
     config: &PipelineConfig,
@@ -34,13 +33,19 @@ pub fn run(
     let mut replays = Replays::new(&config.dead_letter_topic);
     while let Some(batch) = batcher.next(consumer, give_up) {
         let model = state.store.current();
-        let mut outcomes =
-            transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
+        let mut outcomes = state.observe.transform(
+            &model,
+            &batch.records,
+            config.max_record_bytes,
+            batch.opened,
+        );
         replays.apply(&batch.records, &mut outcomes);
         let acks = Arc::new(BatchAcks::new(batch.records.len()));
         let (result, destinations) =
             transaction::run_batch(&txn, &config.input_topic, &batch.records, || {
-                sink.send_batch(&batch.records, &outcomes, &acks, give_up)
+                let sent = sink.send_batch(&batch.records, &outcomes, &acks, give_up);
+                state.observe.produced(batch.opened);
+                sent
             })?;
         let label = match result {
             BatchResult::Committed => "committed",

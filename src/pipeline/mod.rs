@@ -22,13 +22,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::record::{Reason, SourcePosition};
+use crate::record::Reason;
 use crate::service::state::ServiceState;
-use crate::transform::Input;
 use batch::BatchLimits;
 use in_flight::InFlight;
 use sink::{Destinations, Sink};
@@ -172,19 +170,6 @@ fn run_blocking(
     result
 }
 
-fn inputs_of<M: Message>(records: &[M]) -> Vec<Input<'_>> {
-    records
-        .iter()
-        .map(|r| Input {
-            payload: r.payload(),
-            source: SourcePosition {
-                partition: r.partition(),
-                offset: r.offset(),
-            },
-        })
-        .collect()
-}
-
 /// Counts a batch whose records are all acknowledged (and committed).
 fn count_delivered(
     state: &ServiceState,
@@ -208,6 +193,11 @@ fn count_delivered(
     }
     metrics.batches.inc();
     metrics.batch_latency.observe(latency.as_secs_f64());
+    state.observe.delivered(
+        opened,
+        destinations.outputs,
+        destinations.total() - destinations.outputs,
+    );
     debug!(
         size = destinations.total(),
         latency_ms = latency.as_secs_f64() * 1e3,

@@ -129,6 +129,9 @@ impl Sink {
                     if let Some(key) = input.key() {
                         record = record.key(key);
                     }
+                    if let Some(trace) = crate::record::trace::trace_headers(input) {
+                        record = record.headers(trace);
+                    }
                     destinations.outputs += 1;
                     self.enqueue(record, &mut give_up)
                 }

@@ -3,6 +3,7 @@
 pub mod decode;
 pub mod decode_pmml;
 pub mod encode;
+pub mod trace;
 
 use std::fmt;
 

@@ -33,6 +33,10 @@ pub struct HttpState {
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/", get(page))
+        .route("/status", get(status))
+        .route("/model/shadow", post(load_shadow).delete(stop_shadow))
+        .route("/model/promote", post(promote))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -96,6 +100,104 @@ pub async fn serve(
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        super::status::PAGE,
+    )
+        .into_response()
+}
+
+async fn status(State(http): State<HttpState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(super::status::status(&http.state)),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowRequest {
+    /// A model file in the served model's directory.
+    path: PathBuf,
+}
+
+async fn load_shadow(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let request: ShadowRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad shadow request (expected {{\"path\": \"FILE\"}}): {e}"),
+            )
+        }
+    };
+    let service = Arc::clone(&state.state);
+    let result = tokio::task::spawn_blocking(move || service.load_shadow(&request.path)).await;
+    match result {
+        Ok(Ok(model)) => {
+            (StatusCode::OK, Json(json!({ "shadow": model.describe() }))).into_response()
+        }
+        Ok(Err(e)) => model_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("shadow load task failed: {e}"),
+        ),
+    }
+}
+
+async fn stop_shadow(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    match state.state.observe.shadow.stop() {
+        Some(model) => Json(json!({ "stopped": model.version })).into_response(),
+        None => error(StatusCode::NOT_FOUND, "there is no shadow model".into()),
+    }
+}
+
+async fn promote(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    if state.state.observe.shadow.model().is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "there is no shadow model to promote".into(),
+        );
+    }
+    match state.state.promote() {
+        Ok(model) => Json(json!({ "promoted": true, "model": model.describe() })).into_response(),
+        Err(e) => model_error(e),
+    }
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "this endpoint needs Authorization: Bearer <STREAMSCORE_ADMIN_TOKEN>".into(),
+    )
+}
+
+fn model_error(e: ModelError) -> Response {
+    let status = match e {
+        ModelError::OutsideModelDir(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, e.to_string())
 }
 
 async fn healthz() -> &'static str {

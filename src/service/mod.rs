@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod state;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,9 +18,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::ServeArgs;
+use crate::config::{ObserveOptions, ServeArgs};
 use crate::model::ModelStore;
-use crate::pipeline::{self, PipelineConfig};
+use crate::pipeline::{self, Guarantee, PipelineConfig};
+use crate::shadow::ShadowOutput;
+use crate::stats::observe::About;
 use http::HttpState;
 use state::ServiceState;
 
@@ -32,10 +35,15 @@ pub struct ServiceConfig {
     pub allow_kind_change: bool,
     pub http_addr: SocketAddr,
     pub admin_token: Option<String>,
+    pub observe: ObserveOptions,
 }
 
 impl ServiceConfig {
     pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
+        let observe = args
+            .observe
+            .options(args.instance())
+            .map_err(|e| anyhow::anyhow!(e))?;
         Ok(Self {
             pipeline: args.pipeline_config()?,
             model: args.model.clone(),
@@ -44,6 +52,7 @@ impl ServiceConfig {
             admin_token: std::env::var(ADMIN_TOKEN_ENV)
                 .ok()
                 .filter(|t| !t.is_empty()),
+            observe,
         })
     }
 }
@@ -76,7 +85,54 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
         .with_context(|| format!("loading model {}", config.model.display()))?;
     let model = store.current();
     info!(kind = %model.kind(), version = %model.version, path = %config.model.display(), "model loaded");
-    let state = ServiceState::new(store);
+    let pipeline_config = &config.pipeline;
+    let about = About {
+        guarantee: match &pipeline_config.guarantee {
+            Guarantee::AtLeastOnce => "at-least-once".into(),
+            Guarantee::ExactlyOnce { .. } => "exactly-once".into(),
+        },
+        group: pipeline_config.group.clone(),
+        input_topic: pipeline_config.input_topic.clone(),
+        output_topic: pipeline_config.output_topic.clone(),
+        dead_letter_topic: pipeline_config.dead_letter_topic.clone(),
+    };
+    let stats = config.observe.stats.clone();
+    let state = ServiceState::with_stats(store, stats.clone(), about);
+    if let Some(topic) = &stats.topic {
+        let client = client_settings(pipeline_config);
+        let (topic, instance) = (topic.clone(), stats.instance.clone());
+        let last = tokio::task::spawn_blocking(move || {
+            crate::stats::emit::last_emitted(client, &topic, &instance)
+        })
+        .await?
+        .context("reading the stats topic's last window")?;
+        if let Some(end) = last {
+            info!(
+                window_end_ms = end,
+                "statistics resume after the last window emitted"
+            );
+            state.observe.resume_after(end);
+        }
+    }
+    if let Some(topic) = &config.observe.shadow_topic {
+        state.observe.shadow.set_output(Some(ShadowOutput {
+            producer: client_settings(pipeline_config),
+            topic: topic.clone(),
+        }));
+    }
+    if let Some(path) = &config.observe.shadow_model {
+        let candidate = crate::model::LoadedModel::load(path)
+            .with_context(|| format!("loading the shadow model {}", path.display()))?;
+        state
+            .store
+            .check(&candidate)
+            .with_context(|| format!("the shadow model {}", path.display()))?;
+        state
+            .observe
+            .shadow
+            .start(Arc::new(candidate))
+            .context("starting the shadow model")?;
+    }
 
     let listener = http::bind(config.http_addr)
         .await
@@ -91,6 +147,18 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
     };
     let http_stop = shutdown.child_token();
     let http_task = tokio::spawn(http::serve(listener, http_state, http_stop.clone()));
+
+    if stats.enabled {
+        crate::stats::emit::spawn(
+            Arc::clone(&state),
+            stats
+                .topic
+                .as_ref()
+                .map(|_| client_settings(&config.pipeline)),
+            shutdown.child_token(),
+        )
+        .context("starting the stats thread")?;
+    }
 
     let pipeline_state = Arc::clone(&state);
     let pipeline_stop = shutdown.clone();
@@ -112,6 +180,16 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
         shutdown,
         task,
     })
+}
+
+/// Broker address and `-X` properties, for the side clients (stats, shadow topic).
+fn client_settings(pipeline: &PipelineConfig) -> rdkafka::config::ClientConfig {
+    let mut client = rdkafka::config::ClientConfig::new();
+    client.set("bootstrap.servers", &pipeline.brokers);
+    for (key, value) in &pipeline.properties {
+        client.set(key, value);
+    }
+    client
 }
 
 /// `streamscore serve`: runs until SIGTERM/SIGINT, reloading on SIGHUP.

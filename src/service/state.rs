@@ -9,27 +9,70 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ObserveMetrics};
 use crate::model::{LoadedModel, ModelError, ModelStore};
+use crate::stats::observe::About;
+use crate::stats::{Observer, StatsConfig};
 
 pub struct ServiceState {
     pub store: ModelStore,
     pub metrics: Metrics,
     pub assignment: Assignment,
     pub health: Health,
+    /// Windowed statistics, drift, the status page's figures and the shadow model.
+    pub observe: Observer,
 }
 
 impl ServiceState {
     pub fn new(store: ModelStore) -> Arc<Self> {
+        Self::with_stats(store, StatsConfig::default(), About::default())
+    }
+
+    pub fn with_stats(store: ModelStore, stats: StatsConfig, about: About) -> Arc<Self> {
         let metrics = Metrics::new();
         let model = store.current();
         metrics.set_model(&model.kind().to_string(), &model.version);
+        let observe = Observer::new(stats, about, ObserveMetrics::new(metrics.registry()));
         Arc::new(Self {
             store,
             metrics,
             assignment: Assignment::default(),
             health: Health::default(),
+            observe,
         })
+    }
+
+    /// Starts shadowing with a file in the model directory, refused by the rules of a
+    /// reload (same kind and inputs as the served model).
+    pub fn load_shadow(&self, path: &std::path::Path) -> Result<Arc<LoadedModel>, ModelError> {
+        let candidate = Arc::new(self.store.load_candidate(path)?);
+        self.observe.shadow.start(Arc::clone(&candidate))?;
+        Ok(candidate)
+    }
+
+    /// Makes the shadow the served model, atomically, under the rules of a reload; the
+    /// shadow stops. Without a shadow, or when refused, nothing changes.
+    pub fn promote(&self) -> Result<Arc<LoadedModel>, ModelError> {
+        let Some(candidate) = self.observe.shadow.model() else {
+            return Err(ModelError::Invalid(
+                "there is no shadow model to promote".into(),
+            ));
+        };
+        match self.store.replace_shared(Arc::clone(&candidate)) {
+            Ok(model) => {
+                self.observe.shadow.stop();
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .set_model(&model.kind().to_string(), &model.version);
+                info!(kind = %model.kind(), version = %model.version, "shadow model promoted");
+                Ok(model)
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failed"]).inc();
+                warn!(error = %e, "promotion refused; the served model keeps scoring");
+                Err(e)
+            }
+        }
     }
 
     /// Reloads the model (the configured file, or `path` in its directory) and records the

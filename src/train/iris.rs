@@ -17,6 +17,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use super::cart::{fit_tree, TreeParams};
 use super::progress;
 use crate::model::{Forest, ForestSpec, ModelBody, ModelFile, ModelMeta};
+use crate::stats::drift::Reference;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainIrisArgs {
@@ -255,7 +256,13 @@ pub fn train(
         metrics,
     };
     Ok(TrainedForest {
-        file: ModelFile::new(meta, ModelBody::RandomForest(fitted.spec)),
+        // The training inputs' distribution, which the service's drift figures compare with.
+        file: ModelFile::new(meta, ModelBody::RandomForest(fitted.spec)).with_reference(
+            Reference::from_rows(
+                &data.features,
+                &data.records.iter().copied().collect::<Vec<_>>(),
+            ),
+        ),
         oob_accuracy: fitted.oob_accuracy,
         confusion: fitted.confusion,
     })

@@ -146,12 +146,25 @@ impl TestBroker {
         model: &Path,
         admin_token: Option<&str>,
     ) -> ServiceHandle {
+        self.start_service_observed(pipeline, model, admin_token, Default::default())
+            .await
+    }
+
+    /// A service with statistics, drift and shadow settings of its own.
+    pub async fn start_service_observed(
+        &self,
+        pipeline: PipelineConfig,
+        model: &Path,
+        admin_token: Option<&str>,
+        observe: streamscore::config::ObserveOptions,
+    ) -> ServiceHandle {
         service::start(ServiceConfig {
             pipeline,
             model: model.to_path_buf(),
             allow_kind_change: false,
             http_addr: "127.0.0.1:0".parse().expect("loopback address"),
             admin_token: admin_token.map(str::to_owned),
+            observe,
         })
         .await
         .expect("service starts")
