@@ -14,7 +14,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::acks::BatchAcks;
 use super::in_flight::InFlightGuard;
@@ -28,6 +28,10 @@ const COMMIT_ATTEMPTS: u32 = 3;
 const COMMIT_BACKOFF: Duration = Duration::from_millis(200);
 /// How often a wait for acknowledgements looks up to log that it is still waiting.
 const ACK_WAIT_SLICE: Duration = Duration::from_secs(10);
+/// How long a stopping instance keeps trying to save offsets a failed commit left unsaved:
+/// long enough for a rebalance to finish (the session timeout), short of the 60 s a pod is
+/// given to stop.
+const SHUTDOWN_COMMIT_RETRY: Duration = Duration::from_secs(15);
 
 /// Per partition, the offset after the last record of a batch: where a restarted consumer
 /// resumes. Taking the maximum keeps this right even for a batch assembled out of order.
@@ -76,6 +80,11 @@ impl UnsavedOffsets {
         }
     }
 
+    /// Every unsaved offset, forgotten here.
+    pub fn take_all(&self) -> NextOffsets {
+        std::mem::take(&mut *self.lock())
+    }
+
     /// The unsaved offsets of `partitions`, forgotten here.
     pub fn take(&self, partitions: &[i32]) -> NextOffsets {
         let mut unsaved = self.lock();
@@ -121,6 +130,7 @@ impl CommitStage {
                     Ok(batch) => batch,
                     Err(_) => {
                         return match unsaved {
+                            Some(_) if self.save_unsaved_before_leaving() => Ok(()),
                             // Delivered, but the position is not saved: a restart re-reads
                             // the last batches. Not a clean stop.
                             Some(e) => Err(anyhow!(
@@ -221,6 +231,41 @@ impl CommitStage {
             self.sink.resend(&failures, &retry, || false)?;
             acks = retry;
             round += 1;
+        }
+    }
+
+    /// At shutdown, after the last commit failed (typically `RebalanceInProgress` while
+    /// another member joins or leaves): the scoring loop no longer polls, so the consumer
+    /// cannot rejoin the group and every retry would fail the same way. Polling here lets it
+    /// rejoin; a revoke on the way commits the unsaved offsets itself (`pre_rebalance`), or
+    /// a retried commit does. Records a poll returns are dropped uncommitted: their position
+    /// is not stored, so they are read again by whoever owns the partition next.
+    fn save_unsaved_before_leaving(&self) -> bool {
+        let deadline = Instant::now() + SHUTDOWN_COMMIT_RETRY;
+        let unsaved = &self.consumer.context().unsaved;
+        loop {
+            let offsets = unsaved.take_all();
+            if offsets.is_empty() {
+                info!("offsets left unsaved by a failed commit were committed before leaving");
+                return true;
+            }
+            let result = to_partition_list(&self.input_topic, &offsets)
+                .and_then(|tpl| self.consumer.commit(&tpl, CommitMode::Sync));
+            match result {
+                Ok(()) => {
+                    info!("offsets left unsaved by a failed commit were committed before leaving");
+                    return true;
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    unsaved.failed(&offsets);
+                    warn!(error = %e, "could not commit the last offsets before leaving");
+                    return false;
+                }
+                Err(_) => {
+                    unsaved.failed(&offsets);
+                    let _ = self.consumer.poll(Duration::from_millis(100));
+                }
+            }
         }
     }
 
