@@ -1,0 +1,407 @@
+//! TLS end to end against a real broker: tansu 0.6.0 (which cannot switch TLS on from its
+//! command line) behind a TLS-terminating proxy (stunnel), advertising the proxy's address, so
+//! every client connection, the service's included, is TLS exactly as against a TLS listener of
+//! a real cluster. A throw-away CA and certificates are made per run with the `openssl` CLI.
+//!
+//! Needs `STREAMSCORE_TANSU` (the tansu binary; CI sets it) and `stunnel4`; without
+//! `STREAMSCORE_TANSU` the tests say so and return, since no TLS broker can be had.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use common::*;
+
+const TANSU_ENV: &str = "STREAMSCORE_TANSU";
+const N: usize = 300;
+const PARTITIONS: i32 = 2;
+
+/// Runs `openssl` with `args` in `dir`, failing the test with its output on an error.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a certificate it signed for `name` (with 127.0.0.1 as its address, which is
+/// what librdkafka checks the broker's certificate against).
+fn make_ca(dir: &Path, ca: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+        ],
+    );
+}
+
+fn make_cert(dir: &Path, ca: &str, name: &str) {
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("extension file written");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} never listened on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Killed on drop, so that a failing test leaves no broker or proxy behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tansu on a plaintext loopback port, reachable only through stunnel's TLS port.
+struct TlsBroker {
+    dir: tempfile::TempDir,
+    bootstrap: String,
+    _tansu: Reaped,
+    _proxy: Reaped,
+}
+
+impl TlsBroker {
+    /// `None` (with a note) where no tansu binary is configured.
+    fn start(require_client_cert: bool) -> Option<Self> {
+        let Ok(tansu) = std::env::var(TANSU_ENV) else {
+            eprintln!("{TANSU_ENV} is not set: no TLS broker to test against, skipping");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        make_ca(dir.path(), "ca");
+        make_cert(dir.path(), "ca", "broker");
+        make_cert(dir.path(), "ca", "client");
+        make_ca(dir.path(), "rogue-ca");
+
+        let (plain, tls) = (free_port(), free_port());
+        let bootstrap = format!("127.0.0.1:{tls}");
+        let tansu = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{plain}"),
+            ])
+            .args(["--advertised-listener-url", &format!("tcp://{bootstrap}")])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let tansu = Reaped(tansu);
+        wait_listening(plain, "tansu");
+
+        let mut conf = format!(
+            "foreground = yes\npid =\n[kafka]\naccept = {bootstrap}\nconnect = 127.0.0.1:{plain}\n\
+             cert = broker.pem\nkey = broker.key\n"
+        );
+        if require_client_cert {
+            conf.push_str("verify = 2\nCAfile = ca.pem\n");
+        }
+        std::fs::write(dir.path().join("stunnel.conf"), conf).expect("stunnel config written");
+        let proxy = Command::new(stunnel_binary())
+            .current_dir(dir.path())
+            .arg("stunnel.conf")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel starts (apt-get install stunnel4)");
+        let proxy = Reaped(proxy);
+        wait_listening(tls, "stunnel");
+        Some(Self {
+            dir,
+            bootstrap,
+            _tansu: tansu,
+            _proxy: proxy,
+        })
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    /// Client TLS settings: trust `ca`, and present the client certificate if `with_cert`.
+    fn tls_properties(&self, ca: &str, with_cert: bool) -> Vec<(String, String)> {
+        let mut props = vec![
+            ("security.protocol".to_owned(), "SSL".to_owned()),
+            (
+                "ssl.ca.location".to_owned(),
+                self.path(&format!("{ca}.pem")),
+            ),
+        ];
+        if with_cert {
+            props.push(("ssl.certificate.location".into(), self.path("client.pem")));
+            props.push(("ssl.key.location".into(), self.path("client.key")));
+        }
+        props
+    }
+
+    fn client(&self, with_cert: bool) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in self.tls_properties("ca", with_cert) {
+            config.set(k, v);
+        }
+        config
+    }
+
+    async fn create_topics(&self, with_cert: bool, names: &[&str]) {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client(with_cert).create().expect("admin client");
+        let topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1)))
+            .collect();
+        let results = admin
+            .create_topics(
+                &topics,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create_topics answered over TLS");
+        for r in results {
+            r.expect("topic created");
+        }
+    }
+}
+
+fn stunnel_binary() -> PathBuf {
+    // Debian installs it as stunnel4, with `stunnel` as an alternative that may be absent.
+    ["/usr/bin/stunnel4", "/usr/bin/stunnel"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("stunnel4"))
+}
+
+fn topics() -> Topics {
+    Topics {
+        input: unique("tls-in"),
+        output: unique("tls-out"),
+        dead_letters: unique("tls-dlq"),
+        partitions: PARTITIONS,
+    }
+}
+
+/// Produces the iris inputs plus `broken` undecodable records, over TLS.
+async fn produce_over_tls(broker: &TlsBroker, with_cert: bool, topic: &str, broken: usize) {
+    let producer: FutureProducer = broker
+        .client(with_cert)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut records = iris_inputs(0..N);
+    records.extend((0..broken).map(|i| (None, Some(format!("not json {i}").into_bytes()))));
+    for (key, value) in &records {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(k) = key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = value {
+            record = record.payload(v.as_slice());
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("produced over TLS");
+    }
+}
+
+/// Reads output and dead-letter topics over TLS until `count` records or the timeout.
+async fn collect_over_tls(
+    broker: &TlsBroker,
+    with_cert: bool,
+    topics: &Topics,
+    count: usize,
+) -> (Vec<Vec<u8>>, usize) {
+    let consumer: StreamConsumer = broker
+        .client(with_cert)
+        .set("group.id", unique("tls-collector"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("collector");
+    let mut tpl = TopicPartitionList::new();
+    for topic in [&topics.output, &topics.dead_letters] {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition added");
+        }
+    }
+    consumer.assign(&tpl).expect("assigned");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let (mut outputs, mut dead_letters) = (Vec::new(), 0);
+    while outputs.len() + dead_letters < count {
+        let message = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            m = consumer.recv() => m,
+        };
+        let Ok(m) = message else { continue };
+        if m.topic() == topics.dead_letters {
+            dead_letters += 1;
+        } else {
+            outputs.push(m.payload().unwrap_or_default().to_vec());
+        }
+    }
+    (outputs, dead_letters)
+}
+
+async fn scored_over_tls(require_client_cert: bool) {
+    let Some(broker) = TlsBroker::start(require_client_cert) else {
+        return;
+    };
+    let topics = topics();
+    broker
+        .create_topics(
+            require_client_cert,
+            &[&topics.input, &topics.output, &topics.dead_letters],
+        )
+        .await;
+    let broken = 3;
+    produce_over_tls(&broker, require_client_cert, &topics.input, broken).await;
+
+    let plain = TestBroker {
+        brokers: broker.bootstrap.clone(),
+        mock: None,
+    };
+    let mut config = plain.pipeline_config(&topics, &unique("tls"));
+    config.properties = broker.tls_properties("ca", require_client_cert);
+    let service = plain
+        .start_service_with(config, &repo_path(IRIS_MODEL), None)
+        .await;
+    let (outputs, dead_letters) =
+        collect_over_tls(&broker, require_client_cert, &topics, N + broken).await;
+    service.stop().await.expect("clean shutdown");
+
+    let mut ids: Vec<u64> = outputs
+        .iter()
+        .filter_map(|v| serde_json::from_slice::<serde_json::Value>(v).ok()?["id"].as_u64())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), N, "every input scored once over TLS");
+    assert_eq!(dead_letters, broken, "every broken input dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iris_pipeline_runs_over_tls() {
+    scored_over_tls(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iris_pipeline_runs_over_mutual_tls() {
+    scored_over_tls(true).await;
+}
+
+/// A broker whose certificate the service does not trust: the service stops at start-up with
+/// the TLS error, instead of retrying forever while looking healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_broker_certificate_fails_fast_and_clearly() {
+    let Some(broker) = TlsBroker::start(false) else {
+        return;
+    };
+    let topics = topics();
+    let plain = TestBroker {
+        brokers: broker.bootstrap.clone(),
+        mock: None,
+    };
+    let mut config = plain.pipeline_config(&topics, &unique("tls-untrusted"));
+    config.properties = broker.tls_properties("rogue-ca", false);
+    let service = plain
+        .start_service_with(config, &repo_path(IRIS_MODEL), None)
+        .await;
+    let http_addr = service.http_addr;
+    let (status, body) = http(http_addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(
+        status, 503,
+        "not ready while the broker is untrusted: {body}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), service.wait())
+        .await
+        .expect("the service stops by itself within 30 s");
+    let err = ended.expect_err("an untrusted broker is an error");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("SSL") || message.contains("certificate"),
+        "the error names the TLS failure: {message}"
+    );
+}
