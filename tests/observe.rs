@@ -338,3 +338,43 @@ fn import_with_reference_data_gives_a_pmml_model_drift_figures() {
     });
     assert!(bad.is_err());
 }
+
+#[test]
+fn a_recommender_window_lists_its_top_items() {
+    let state = state_for(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/recommender.json"),
+        60_000,
+    );
+    let messages: Vec<OwnedMessage> = (0..50)
+        .map(|i| {
+            OwnedMessage::new(
+                Some(format!(r#"{{"uid": {}, "n": 3}}"#, 1 + i % 5).into_bytes()),
+                None,
+                "in".into(),
+                Timestamp::NotAvailable,
+                0,
+                i,
+                None,
+            )
+        })
+        .collect();
+    let model = state.store.current();
+    state
+        .observe
+        .transform(&model, &messages, 1 << 20, Instant::now());
+    let windows = emit(&state, None, None, now_ms() + 120_000);
+    let window = windows
+        .iter()
+        .find(|w| w["records_in"] == 50)
+        .expect("the window");
+    let top = window["top_items"].as_array().expect("top items");
+    assert!(!top.is_empty() && top.len() <= 10);
+    let counts: Vec<u64> = top.iter().filter_map(|t| t["count"].as_u64()).collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] >= w[1]),
+        "most recommended first"
+    );
+    // Five users, ten requests each, three items per list.
+    assert!(counts[0] >= 10 && counts.iter().sum::<u64>() <= 150);
+    assert!(window.get("predictions").is_none());
+}

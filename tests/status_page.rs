@@ -472,11 +472,17 @@ async fn shadow_admin_endpoints_load_and_promote_a_candidate() {
         .expect("candidate written");
     let broker = TestBroker::start();
     let topics = broker.topics(1).await;
+    let shadow_topic = unique("shadow");
+    broker.create_topic(&shadow_topic, 1).await;
     let service = broker
-        .start_service_with(
+        .start_service_observed(
             broker.pipeline_config(&topics, &unique("group")),
             &served,
             Some("secret"),
+            ObserveOptions {
+                shadow_topic: Some(shadow_topic.clone()),
+                ..ObserveOptions::default()
+            },
         )
         .await;
     let addr = service.http_addr;
@@ -513,6 +519,14 @@ async fn shadow_admin_endpoints_load_and_promote_a_candidate() {
         assert!(Instant::now() < deadline, "the shadow compared the records");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // --shadow-topic: the shadow's own predictions, keyed like the inputs.
+    let shadowed = broker
+        .collect(&[&shadow_topic], 1, 200, Duration::from_secs(30))
+        .await;
+    assert_eq!(shadowed.len(), 200);
+    assert!(shadowed
+        .iter()
+        .all(|o| o.json()["model_version"] == candidate.version.as_str()));
     let (code, reply) = http(addr, "POST", "/model/promote", &auth, "").await;
     assert_eq!(code, 200, "{reply}");
     let (_, model) = http(addr, "GET", "/model", &[], "").await;
