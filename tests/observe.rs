@@ -288,3 +288,93 @@ fn a_shadow_with_other_inputs_is_refused_like_a_reload() {
     assert!(state.observe.shadow.model().is_none());
     assert!(state.load_shadow(Path::new("../outside.json")).is_err());
 }
+
+#[test]
+fn import_with_reference_data_gives_a_pmml_model_drift_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("rf.json");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    streamscore::import::run(&streamscore::import::ImportArgs {
+        file: root.join("training/pmml/sklearn_rf_iris.pmml"),
+        out: out.clone(),
+        features: Vec::new(),
+        classes: Vec::new(),
+        reference_data: Some(root.join("training/iris.csv")),
+    })
+    .expect("imported");
+    let model = streamscore::model::LoadedModel::load(&out).expect("loads");
+    let reference = model.reference.as_ref().expect("a drift reference");
+    assert_eq!(
+        reference
+            .features
+            .iter()
+            .map(|f| f.feature.as_str())
+            .collect::<Vec<_>>(),
+        FEATURES
+    );
+    assert!(reference
+        .features
+        .iter()
+        .all(|f| f.counts.iter().sum::<u64>() == 150));
+
+    // The PMML model's windows carry drift like a native forest's.
+    let state = state_for(&out, 60_000);
+    let rows: Vec<[f64; 4]> = iris_rows()
+        .into_iter()
+        .map(|[a, b, c, d]| [a, b * 2.0, c, d])
+        .collect();
+    feed(&state, &rows);
+    emit(&state, None, None, now_ms() + 120_000);
+    assert!(psi_gauge(&state, "sepal_width") > state.observe.config.drift_threshold);
+    assert!(psi_gauge(&state, "petal_width") < 0.05);
+
+    // A reference that names other columns is refused, not half-used.
+    let bad = streamscore::import::run(&streamscore::import::ImportArgs {
+        file: root.join("training/pmml/sklearn_rf_iris.pmml"),
+        out: dir.path().join("bad.json"),
+        features: Vec::new(),
+        classes: Vec::new(),
+        reference_data: Some(root.join("training/pmml/spark_rf_iris_indexed.labels.txt")),
+    });
+    assert!(bad.is_err());
+}
+
+#[test]
+fn a_recommender_window_lists_its_top_items() {
+    let state = state_for(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/recommender.json"),
+        60_000,
+    );
+    let messages: Vec<OwnedMessage> = (0..50)
+        .map(|i| {
+            OwnedMessage::new(
+                Some(format!(r#"{{"uid": {}, "n": 3}}"#, 1 + i % 5).into_bytes()),
+                None,
+                "in".into(),
+                Timestamp::NotAvailable,
+                0,
+                i,
+                None,
+            )
+        })
+        .collect();
+    let model = state.store.current();
+    state
+        .observe
+        .transform(&model, &messages, 1 << 20, Instant::now());
+    let windows = emit(&state, None, None, now_ms() + 120_000);
+    let window = windows
+        .iter()
+        .find(|w| w["records_in"] == 50)
+        .expect("the window");
+    let top = window["top_items"].as_array().expect("top items");
+    assert!(!top.is_empty() && top.len() <= 10);
+    let counts: Vec<u64> = top.iter().filter_map(|t| t["count"].as_u64()).collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] >= w[1]),
+        "most recommended first"
+    );
+    // Five users, ten requests each, three items per list.
+    assert!(counts[0] >= 10 && counts.iter().sum::<u64>() <= 150);
+    assert!(window.get("predictions").is_none());
+}

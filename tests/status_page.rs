@@ -178,8 +178,13 @@ async fn the_status_page_shows_what_status_reports() {
         let s = status(service.http_addr).await;
         let done = s["counters"]["records_out"].as_u64().unwrap_or(0)
             + s["counters"]["dead_letters"].as_u64().unwrap_or(0);
+        // The rate series ends with the last full second: wait until it holds the input.
+        let charted = s["rates"]["series"]
+            .as_array()
+            .is_some_and(|series| series.iter().any(|p| p[1].as_u64() > Some(0)));
         if done >= inputs.len() as u64
             && s["shadow"]["records"].as_u64() >= Some(inputs.len() as u64)
+            && charted
         {
             break s;
         }
@@ -454,4 +459,91 @@ fn the_page_is_self_contained() {
     assert!(Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("src/service/status.html")
         .exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_admin_endpoints_load_and_promote_a_candidate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let served = dir.path().join("served.json");
+    std::fs::copy(repo_path(IRIS_MODEL), &served).expect("model copied");
+    let candidate = small_forest(11, 5);
+    candidate
+        .write(&dir.path().join("candidate.json"))
+        .expect("candidate written");
+    let broker = TestBroker::start();
+    let topics = broker.topics(1).await;
+    let shadow_topic = unique("shadow");
+    broker.create_topic(&shadow_topic, 1).await;
+    let service = broker
+        .start_service_observed(
+            broker.pipeline_config(&topics, &unique("group")),
+            &served,
+            Some("secret"),
+            ObserveOptions {
+                shadow_topic: Some(shadow_topic.clone()),
+                ..ObserveOptions::default()
+            },
+        )
+        .await;
+    let addr = service.http_addr;
+    wait_ready(addr, Duration::from_secs(30)).await;
+    let auth = [("Authorization", "Bearer secret")];
+    let body = r#"{"path": "candidate.json"}"#;
+
+    let (code, _) = http(addr, "POST", "/model/shadow", &[], body).await;
+    assert_eq!(code, 401, "admin token required");
+    let (code, _) = http(addr, "POST", "/model/promote", &auth, "").await;
+    assert_eq!(code, 404, "nothing to promote yet");
+    let (code, _) = http(
+        addr,
+        "POST",
+        "/model/shadow",
+        &auth,
+        r#"{"path": "../x.json"}"#,
+    )
+    .await;
+    assert!(
+        code == 403 || code == 422,
+        "outside the model directory: {code}"
+    );
+    let (code, reply) = http(addr, "POST", "/model/shadow", &auth, body).await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(
+        status(addr).await["shadow"]["version"].as_str(),
+        Some(candidate.version.as_str())
+    );
+
+    produce(&broker.brokers, &topics.input, &iris_inputs(0..200)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(addr).await["shadow"]["compared"].as_u64() < Some(200) {
+        assert!(Instant::now() < deadline, "the shadow compared the records");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // --shadow-topic: the shadow's own predictions, keyed like the inputs.
+    let shadowed = broker
+        .collect(&[&shadow_topic], 1, 200, Duration::from_secs(30))
+        .await;
+    assert_eq!(shadowed.len(), 200);
+    assert!(shadowed
+        .iter()
+        .all(|o| o.json()["model_version"] == candidate.version.as_str()));
+    let (code, reply) = http(addr, "POST", "/model/promote", &auth, "").await;
+    assert_eq!(code, 200, "{reply}");
+    let (_, model) = http(addr, "GET", "/model", &[], "").await;
+    assert!(model.contains(&candidate.version), "{model}");
+    assert!(
+        status(addr).await["shadow"].is_null(),
+        "promotion ends shadowing"
+    );
+
+    // Records after the promotion are scored by the promoted model.
+    produce(&broker.brokers, &topics.input, &iris_inputs(200..210)).await;
+    let outputs = broker
+        .collect(&[&topics.output], 1, 210, Duration::from_secs(30))
+        .await;
+    assert!(outputs
+        .iter()
+        .filter(|o| o.json()["id"].as_u64() >= Some(200))
+        .all(|o| o.json()["model_version"] == candidate.version.as_str()));
+    service.stop().await.expect("clean stop");
 }

@@ -109,9 +109,13 @@ impl Reference {
     }
 }
 
-/// The bin of `x`: the number of edges at or below it.
+/// The bin of `x`: the number of edges at or below it. A value within a millionth (relative)
+/// below an edge counts as on it: PMML `float` fields reach the model rounded to `f32`
+/// (1.3 becomes 1.2999999523), while the reference was cut from the training data's doubles,
+/// and the same training value must land in the same bin.
 #[inline]
 pub fn bin(edges: &[f64], x: f64) -> usize {
+    let x = x + x.abs() * 1e-6;
     edges.partition_point(|e| *e <= x)
 }
 
@@ -150,6 +154,11 @@ mod tests {
         assert_eq!(bin(&r.edges, -5.0), 0);
         assert_eq!(bin(&r.edges, 100.0), 1, "an edge value opens its bin");
         assert_eq!(bin(&r.edges, 1e9), 9);
+        assert_eq!(
+            bin(&[1.3], f64::from(1.3f32)),
+            1,
+            "an f32-rounded edge value is on the edge"
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl Answer {
 #[derive(Default)]
 pub struct Collector<'m> {
     edges: Vec<&'m [f64]>,
+    classes: usize,
     /// Per decoded row, the bin of each feature (`u8::MAX`: missing).
     bins: Vec<u8>,
     answers: Vec<Answer>,
@@ -79,6 +80,7 @@ impl<'m> Collector<'m> {
         };
         Self {
             edges,
+            classes: model.meta.classes.len(),
             ..Self::default()
         }
     }
@@ -119,8 +121,11 @@ impl Watch for Collector<'_> {
 
     fn class<P: Copy + Into<f64>>(&mut self, label: usize, probabilities: &[P]) {
         self.answers.push(Answer::Class(label as u32));
+        // Exactly `classes` values per record, so that record k's are at k × classes.
+        let start = self.probabilities.len();
         self.probabilities
-            .extend(probabilities.iter().map(|p| (*p).into()));
+            .extend(probabilities.iter().take(self.classes).map(|p| (*p).into()));
+        self.probabilities.resize(start + self.classes, 0.0);
     }
 
     fn value(&mut self, prediction: f64) {
@@ -413,6 +418,7 @@ impl Observer {
         let classes = model.meta.classes.len();
         let features = collector.edges.len();
         let event_time = matches!(self.config.basis, TimeBasis::Event { .. });
+        let slide = self.config.window.slide_ms;
         let latency_ms = scored_at.duration_since(opened).as_secs_f64() * 1e3;
         // Timestamps: the batch's first record (scheduling delay) and each partition's last
         // (lag in seconds): one read per partition, not per record, unless the windows run
@@ -437,6 +443,8 @@ impl Observer {
             } else {
                 now
             };
+            // One tally per pane (slide), not per distinct timestamp.
+            let at = at.div_euclid(slide) * slide;
             let i = match panes.iter().rposition(|(t, _)| *t == at) {
                 Some(i) => i,
                 None => {
@@ -454,10 +462,11 @@ impl Observer {
                 }
             };
             if decoded && features > 0 {
-                let bins = &collector.bins[row * features..(row + 1) * features];
-                for (j, b) in bins.iter().enumerate() {
-                    if let Some(count) = tally.bins[j].get_mut(*b as usize) {
-                        *count += 1;
+                if let Some(bins) = collector.bins.get(row * features..(row + 1) * features) {
+                    for (counts, b) in tally.bins.iter_mut().zip(bins) {
+                        if let Some(count) = counts.get_mut(*b as usize) {
+                            *count += 1;
+                        }
                     }
                 }
                 row += 1;
@@ -471,8 +480,10 @@ impl Observer {
                     if let Some(n) = tally.labels.get_mut(*label as usize) {
                         *n += 1;
                     }
-                    let probs = &collector.probabilities
-                        [answer_row(answer, classes)..answer_row(answer + 1, classes)];
+                    let probs = collector
+                        .probabilities
+                        .get(answer * classes..(answer + 1) * classes)
+                        .unwrap_or_default();
                     for (sum, p) in tally.probability_sums.iter_mut().zip(probs) {
                         *sum += p;
                     }
@@ -480,7 +491,7 @@ impl Observer {
                 Some(Answer::Item(_)) => {
                     let start = items.checked_sub(1).map_or(0, |i| collector.item_ends[i]);
                     let end = collector.item_ends.get(items).copied().unwrap_or(start);
-                    for item in &collector.items[start..end] {
+                    for item in collector.items.get(start..end).unwrap_or_default() {
                         *tally.items.entry(*item).or_default() += 1;
                     }
                     items += 1;
@@ -715,10 +726,6 @@ impl Observer {
             "drift_reference": inner.reference.is_some(),
         })
     }
-}
-
-fn answer_row(answer: usize, classes: usize) -> usize {
-    answer * classes
 }
 
 fn new_tally(classes: usize, collector: &Collector<'_>) -> Tally {
