@@ -140,7 +140,11 @@ fn hostname() -> Option<String> {
 /// A transactional id that differs per instance: two instances sharing one fence each other
 /// in a loop. The instance id or hostname keeps it stable across restarts (a restart fences
 /// its own zombie); with neither, a random suffix at least keeps instances apart.
-fn default_transactional_id(group: &str, instance_id: Option<&str>, host: Option<String>) -> String {
+fn default_transactional_id(
+    group: &str,
+    instance_id: Option<&str>,
+    host: Option<String>,
+) -> String {
     if let Some(id) = instance_id.map(str::to_owned).or(host) {
         return format!("{group}-{id}");
     }
@@ -308,7 +312,10 @@ mod tests {
             default_transactional_id("g", Some("pod-0"), Some("host".into())),
             "g-pod-0"
         );
-        assert_eq!(default_transactional_id("g", None, Some("host".into())), "g-host");
+        assert_eq!(
+            default_transactional_id("g", None, Some("host".into())),
+            "g-host"
+        );
         let a = default_transactional_id("g", None, None);
         let b = default_transactional_id("g", None, None);
         assert!(a.starts_with("g-") && a != b, "{a} {b}");

@@ -10,11 +10,7 @@ use std::time::Duration;
 use common::*;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr, RDKafkaRespErr::*};
 
-async fn stops_on(
-    api: RDKafkaApiKey,
-    error: RDKafkaRespErr,
-    static_member: bool,
-) -> String {
+async fn stops_on(api: RDKafkaApiKey, error: RDKafkaRespErr, static_member: bool) -> String {
     let broker = TestBroker::mock();
     let mock = broker.mock.as_ref().expect("a mock cluster");
     let topics = broker.topics(2).await;
@@ -32,7 +28,7 @@ async fn stops_on(
     let _ = broker
         .collect(&[&topics.output], 2, 100, Duration::from_secs(30))
         .await;
-    mock.request_errors(api, &vec![error; 50]);
+    mock.request_errors(api, &[error; 50]);
     let state = Arc::clone(&service.state);
     let result = tokio::time::timeout(Duration::from_secs(60), service.wait())
         .await
@@ -79,7 +75,7 @@ async fn a_shutdown_that_could_not_commit_is_an_error() {
     // Non-retriable, and without side effects on the group: every commit from now fails.
     mock.request_errors(
         RDKafkaApiKey::OffsetCommit,
-        &vec![RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 1000],
+        &[RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 1000],
     );
     broker.produce(&topics.input, &iris_inputs(0..100)).await;
     let outputs = broker

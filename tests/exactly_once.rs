@@ -73,9 +73,15 @@ async fn every_batch_commits_as_one_transaction() {
     assert!(batches >= N / 500, "{batches} batches of at most 500");
     assert_eq!(committed, batches);
     assert_eq!(end_txn, committed, "one EndTxn per batch");
-    assert_eq!(add_offsets, committed, "every transaction carries its offsets");
+    assert_eq!(
+        add_offsets, committed,
+        "every transaction carries its offsets"
+    );
     assert_eq!(txn_offset_commits, committed);
-    assert_eq!(offset_commits, 0, "no offset committed outside a transaction");
+    assert_eq!(
+        offset_commits, 0,
+        "no offset committed outside a transaction"
+    );
 }
 
 /// Injects `errors` into the broker's answers to `api` while records flow, then checks that

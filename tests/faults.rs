@@ -322,10 +322,18 @@ async fn recovery_time_after_sigkill() {
     let cases: [(&str, &[&str]); 3] = [
         (
             "librdkafka defaults (session 45 s), no instance id",
-            &["-X", "session.timeout.ms=45000", "-X", "heartbeat.interval.ms=3000"],
+            &[
+                "-X",
+                "session.timeout.ms=45000",
+                "-X",
+                "heartbeat.interval.ms=3000",
+            ],
         ),
         ("streamscore defaults (session 10 s), no instance id", &[]),
-        ("streamscore defaults, --instance-id", &["--instance-id", "pod-0"]),
+        (
+            "streamscore defaults, --instance-id",
+            &["--instance-id", "pod-0"],
+        ),
     ];
     let mut measured = Vec::new();
     for (case, flags) in cases {
@@ -333,8 +341,11 @@ async fn recovery_time_after_sigkill() {
         let group = unique("group");
         let stop_traffic = tokio_util::sync::CancellationToken::new();
         let traffic = {
-            let (brokers, topic, stop) =
-                (broker.brokers.clone(), topics.input.clone(), stop_traffic.clone());
+            let (brokers, topic, stop) = (
+                broker.brokers.clone(),
+                topics.input.clone(),
+                stop_traffic.clone(),
+            );
             tokio::spawn(async move {
                 let mut next = 0;
                 while !stop.is_cancelled() && next < 200_000 {
@@ -372,14 +383,21 @@ async fn recovery_time_after_sigkill() {
                     break killed.elapsed();
                 }
             }
-            assert!(killed.elapsed() < Duration::from_secs(120), "{case}: no recovery");
+            assert!(
+                killed.elapsed() < Duration::from_secs(120),
+                "{case}: no recovery"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         stop_traffic.cancel();
         let _ = traffic.await;
         second.signal("TERM");
-        let _ = tokio::task::spawn_blocking(move || second.wait_exit(Duration::from_secs(30))).await;
-        eprintln!("RECOVERY {case}: {:.1} s from SIGKILL to the restarted instance's first record", recovered.as_secs_f64());
+        let _ =
+            tokio::task::spawn_blocking(move || second.wait_exit(Duration::from_secs(30))).await;
+        eprintln!(
+            "RECOVERY {case}: {:.1} s from SIGKILL to the restarted instance's first record",
+            recovered.as_secs_f64()
+        );
         measured.push(recovered);
     }
     assert!(
@@ -442,5 +460,8 @@ async fn a_commit_failed_before_a_rebalance_repeats_at_most_that_batch() {
     first.stop().await.expect("first stops cleanly");
     let t = tally("a commit refused, then a rebalance", N, &outputs);
     assert_eq!(t.missing, 0, "lost records");
-    assert!(t.duplicates <= 100, "only the refused batch is repeated: {t:?}");
+    assert!(
+        t.duplicates <= 100,
+        "only the refused batch is repeated: {t:?}"
+    );
 }

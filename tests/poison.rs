@@ -94,8 +94,14 @@ async fn a_refused_output_is_dead_lettered(guarantee: Guarantee, errors: usize) 
     let mode = format!("{guarantee:?}");
     const N: usize = 600;
     let cluster = MockBrokers::start(3);
-    let topics = cluster.topics(PARTITIONS, [INPUT_BROKER, OUTPUT_BROKER, DEAD_LETTER_BROKER]);
-    cluster.broker.produce(&topics.input, &iris_inputs(0..N)).await;
+    let topics = cluster.topics(
+        PARTITIONS,
+        [INPUT_BROKER, OUTPUT_BROKER, DEAD_LETTER_BROKER],
+    );
+    cluster
+        .broker
+        .produce(&topics.input, &iris_inputs(0..N))
+        .await;
     cluster.refuse_produce(
         OUTPUT_BROKER,
         errors,
@@ -108,8 +114,13 @@ async fn a_refused_output_is_dead_lettered(guarantee: Guarantee, errors: usize) 
     let (_, metrics) = http(service.http_addr, "GET", "/metrics", &[], "").await;
     service.stop().await.expect("clean shutdown");
 
-    let missing = (0..N).filter(|i| !counts.contains_key(&format!("k{i}"))).count();
-    assert_eq!(missing, 0, "every input is an output or an undeliverable dead letter");
+    let missing = (0..N)
+        .filter(|i| !counts.contains_key(&format!("k{i}")))
+        .count();
+    assert_eq!(
+        missing, 0,
+        "every input is an output or an undeliverable dead letter"
+    );
     check_undeliverable(&undeliverable);
     let counted = metric(
         &metrics,
@@ -128,10 +139,20 @@ async fn a_refused_output_is_dead_lettered(guarantee: Guarantee, errors: usize) 
 async fn stops_when_the_dead_letter_topic_refuses_too(guarantee: Guarantee) {
     const N: usize = 300;
     let cluster = MockBrokers::start(3);
-    let topics = cluster.topics(PARTITIONS, [INPUT_BROKER, OUTPUT_BROKER, DEAD_LETTER_BROKER]);
-    cluster.broker.produce(&topics.input, &iris_inputs(0..N)).await;
+    let topics = cluster.topics(
+        PARTITIONS,
+        [INPUT_BROKER, OUTPUT_BROKER, DEAD_LETTER_BROKER],
+    );
+    cluster
+        .broker
+        .produce(&topics.input, &iris_inputs(0..N))
+        .await;
     for broker in [OUTPUT_BROKER, DEAD_LETTER_BROKER] {
-        cluster.refuse_produce(broker, 500, RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD);
+        cluster.refuse_produce(
+            broker,
+            500,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD,
+        );
     }
     let service = start(&cluster, &topics, guarantee).await;
     let state = Arc::clone(&service.state);

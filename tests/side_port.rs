@@ -208,7 +208,9 @@ fn a_reload_follows_a_swapped_symlink() {
     let (v1, v2) = (small_forest(5), small_forest(6));
     for (name, model) in [("..2026_01", &v1), ("..2026_02", &v2)] {
         std::fs::create_dir(mount.join(name)).expect("dir");
-        model.write(&mount.join(name).join("iris.json")).expect("written");
+        model
+            .write(&mount.join(name).join("iris.json"))
+            .expect("written");
     }
     symlink("..2026_01", mount.join("..data")).expect("..data");
     symlink("..data/iris.json", mount.join("iris.json")).expect("iris.json");
@@ -219,7 +221,10 @@ fn a_reload_follows_a_swapped_symlink() {
     symlink("..2026_02", mount.join("..data_tmp")).expect("new link");
     std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("swapped");
     let reloaded = store.reload(None).expect("reloaded");
-    assert_eq!(reloaded.version, v2.version, "the new file, not the one at start-up");
+    assert_eq!(
+        reloaded.version, v2.version,
+        "the new file, not the one at start-up"
+    );
 }
 
 /// A reload request naming a file cannot tell whether files outside the model directory

@@ -591,7 +591,11 @@ mod tests {
         );
         let headers = undeliverable_headers(&refused, "dlq", "in");
         assert_eq!(header(&headers, HEADER_REASON), ["undeliverable"]);
-        assert_eq!(header(&headers, HEADER_SOURCE_PARTITION), ["1"], "not repeated");
+        assert_eq!(
+            header(&headers, HEADER_SOURCE_PARTITION),
+            ["1"],
+            "not repeated"
+        );
         assert_eq!(header(&headers, HEADER_SOURCE_OFFSET), ["9"]);
         assert_eq!(header(&headers, HEADER_PAYLOAD_OMITTED), ["true"]);
         assert_eq!(header(&headers, "trace"), ["abc"]);
@@ -648,7 +652,11 @@ mod tests {
         let headers = letter.headers().unwrap().clone();
         assert_eq!(header(&headers, HEADER_PAYLOAD_OMITTED), ["true"]);
         assert_eq!(header(&headers, HEADER_REASON), ["invalid_json"]);
-        assert_eq!(output.payload(), Some(&b"{}"[..]), "an output keeps its value");
+        assert_eq!(
+            output.payload(),
+            Some(&b"{}"[..]),
+            "an output keeps its value"
+        );
     }
 
     #[test]
