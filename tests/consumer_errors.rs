@@ -75,7 +75,7 @@ async fn a_shutdown_that_could_not_commit_is_an_error() {
     // Non-retriable, and without side effects on the group: every commit from now fails.
     mock.request_errors(
         RDKafkaApiKey::OffsetCommit,
-        &vec![RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 1000],
+        &[RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 1000],
     );
     broker.produce(&topics.input, &iris_inputs(0..100)).await;
     let outputs = broker

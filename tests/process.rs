@@ -76,6 +76,33 @@ fn a_bad_flag_says_what_is_wrong() {
 }
 
 #[test]
+fn settings_that_would_break_the_guarantee_are_refused_at_start_up() {
+    for args in [
+        &["-X", "enable.auto.commit=true"][..],
+        &["-X", "enable.auto.offset.store=true"],
+        &["--input-topic", "^features-.*"],
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--brokers",
+                "127.0.0.1:1",
+            ])
+            .args(args)
+            .output()
+            .expect("binary runs");
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("refused") || stderr.contains("regular expression"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn score_reports_bad_lines_and_keeps_going() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");

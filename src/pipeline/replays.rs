@@ -327,4 +327,57 @@ mod tests {
         assert!(replays.not_ready().is_none(), "a commit ends the streak");
         assert_eq!(replays.aborted(&[]).unwrap(), FIRST_BACKOFF);
     }
+
+    fn state() -> std::sync::Arc<ServiceState> {
+        let model =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/iris-forest.json");
+        ServiceState::new(crate::model::ModelStore::open(&model, false).unwrap())
+    }
+
+    #[test]
+    fn readiness_follows_the_abort_streak_and_a_refused_undeliverable_stops() {
+        let state = state();
+        let mut replays = Replays::new("dlq");
+        let settled = BatchAcks::new(0);
+        replays.after_abort(&settled, &state, || true).unwrap();
+        assert!(state.ready().is_ok() || !state.assignment.received());
+        assert!(
+            state.health.degraded().is_none(),
+            "one abort is not a streak"
+        );
+        replays.after_abort(&settled, &state, || true).unwrap();
+        let reason = state
+            .health
+            .degraded()
+            .expect("not ready from the second abort");
+        assert!(reason.contains("2 transactions aborted"), "{reason}");
+        replays.after_commit(&[input(0, 0)], &state);
+        assert!(state.health.degraded().is_none(), "a commit clears it");
+
+        let acks = BatchAcks::new(1);
+        acks.failed(refused_dead_letter(4, 2, "undeliverable"));
+        let err = replays.after_abort(&acks, &state, || true).unwrap_err();
+        assert!(!state.health.failure().unwrap_or_default().is_empty());
+        assert!(err.to_string().contains("offset 2"), "{err:#}");
+    }
+
+    #[test]
+    fn the_backoff_is_waited_out_unless_stopped() {
+        let state = state();
+        let mut replays = Replays::new("dlq");
+        let started = Instant::now();
+        replays
+            .after_abort(&BatchAcks::new(0), &state, || false)
+            .unwrap();
+        assert!(
+            started.elapsed() >= FIRST_BACKOFF,
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        replays
+            .after_abort(&BatchAcks::new(0), &state, || true)
+            .unwrap();
+        assert!(started.elapsed() < FIRST_BACKOFF * 2, "cut short by stop");
+    }
 }
