@@ -1,0 +1,322 @@
+//! The fast form of an imported ensemble.
+//!
+//! A tree of depth ≤ `MAX_PERFECT_DEPTH` is laid out as a perfect binary tree in level order
+//! (a leaf above the bottom fills every bottom slot of its subtree, so the filler nodes
+//! below it may go either way): finding a leaf is `depth` steps of `i = 2i + 1 + no` with no
+//! data-dependent branch, done for a block of rows at once so that their independent steps
+//! overlap. Deeper trees (LightGBM's leaf-wise trees can be) are walked node by node.
+//! Each row's accumulators start at the base score and take the leaves' weights tree by
+//! tree, in the library's precision: the same additions in the same order as the library.
+
+use super::{Ensemble, Node};
+
+const MAX_PERFECT_DEPTH: usize = 10;
+const BLOCK: usize = 8;
+const SPECIAL_YES: u32 = 1;
+const ZERO_SPECIAL: u32 = 2;
+const LEAF: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Step {
+    threshold: f64,
+    feature: u32,
+    flags: u32,
+}
+
+impl Step {
+    /// Whether a value goes to the `yes` side.
+    #[inline(always)]
+    fn yes(self, x: f64) -> bool {
+        let special = x.is_nan() | ((x == 0.0) & (self.flags & ZERO_SPECIAL != 0));
+        if special {
+            self.flags & SPECIAL_YES != 0
+        } else {
+            x < self.threshold
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WalkNode {
+    step: Step,
+    /// `LEAF` for a leaf, whose id is then `no`.
+    yes: u32,
+    no: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    Perfect {
+        depth: u32,
+        steps: u32,
+        slots: u32,
+    },
+    Walk {
+        root: u32,
+    },
+}
+
+#[derive(Debug)]
+pub struct Kernel {
+    layouts: Vec<Layout>,
+    steps: Vec<Step>,
+    /// Bottom slots of perfect trees: the leaf each one is.
+    slots: Vec<u32>,
+    walk: Vec<WalkNode>,
+    /// Per leaf id, its range in `weights`.
+    leaves: Vec<(u32, u32)>,
+    weights: Vec<(u32, f64)>,
+    single_precision: bool,
+}
+
+/// The two accumulator precisions.
+trait Acc: Copy {
+    fn of(v: f64) -> Self;
+    fn add(&mut self, w: f64);
+    fn get(self) -> f64;
+}
+
+impl Acc for f32 {
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn add(&mut self, w: f64) {
+        *self += w as f32;
+    }
+    #[inline(always)]
+    fn get(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Acc for f64 {
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn add(&mut self, w: f64) {
+        *self += w;
+    }
+    #[inline(always)]
+    fn get(self) -> f64 {
+        self
+    }
+}
+
+impl Kernel {
+    pub fn compile(e: &Ensemble) -> Self {
+        let mut k = Kernel {
+            layouts: Vec::with_capacity(e.trees.len()),
+            steps: Vec::new(),
+            slots: Vec::new(),
+            walk: Vec::new(),
+            leaves: Vec::new(),
+            weights: Vec::new(),
+            single_precision: e.format.single_precision(),
+        };
+        for tree in &e.trees {
+            // Leaf ids of this tree's nodes.
+            let mut leaf_of = vec![0u32; tree.nodes.len()];
+            for (i, node) in tree.nodes.iter().enumerate() {
+                if let Node::Leaf { weights } = node {
+                    leaf_of[i] = k.leaves.len() as u32;
+                    let start = k.weights.len() as u32;
+                    k.weights.extend_from_slice(weights);
+                    k.leaves.push((start, k.weights.len() as u32));
+                }
+            }
+            let depth = depth(tree);
+            if depth <= MAX_PERFECT_DEPTH {
+                let steps = k.steps.len();
+                let slots = k.slots.len();
+                k.steps.resize(steps + (1usize << depth) - 1, Step::default());
+                k.slots.resize(slots + (1usize << depth), 0);
+                let mut stack = vec![(tree.root as usize, 0usize, 0usize)];
+                while let Some((i, level, p)) = stack.pop() {
+                    match &tree.nodes[i] {
+                        Node::Leaf { .. } => {
+                            let shift = depth - level;
+                            for s in (p << shift)..((p + 1) << shift) {
+                                k.slots[slots + s] = leaf_of[i];
+                            }
+                        }
+                        Node::Split { yes, no, .. } => {
+                            k.steps[steps + (1 << level) - 1 + p] = step(&tree.nodes[i]);
+                            stack.push((*yes as usize, level + 1, 2 * p));
+                            stack.push((*no as usize, level + 1, 2 * p + 1));
+                        }
+                    }
+                }
+                k.layouts.push(Layout::Perfect {
+                    depth: depth as u32,
+                    steps: steps as u32,
+                    slots: slots as u32,
+                });
+            } else {
+                let offset = k.walk.len() as u32;
+                for (i, node) in tree.nodes.iter().enumerate() {
+                    k.walk.push(match node {
+                        Node::Leaf { .. } => WalkNode {
+                            step: Step::default(),
+                            yes: LEAF,
+                            no: leaf_of[i],
+                        },
+                        Node::Split { yes, no, .. } => WalkNode {
+                            step: step(node),
+                            yes: offset + yes,
+                            no: offset + no,
+                        },
+                    });
+                }
+                k.layouts.push(Layout::Walk {
+                    root: offset + tree.root,
+                });
+            }
+        }
+        k
+    }
+
+    /// Each row's accumulators after every tree (`n_outputs` per row, row-major).
+    pub fn sums(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        if self.single_precision {
+            self.run::<f32>(e, rows)
+        } else {
+            self.run::<f64>(e, rows)
+        }
+    }
+
+    fn run<A: Acc>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        let nf = e.features.len();
+        let width = e.n_outputs;
+        let n_rows = rows.len() / nf;
+        let base: Vec<A> = e.base.iter().map(|b| A::of(*b)).collect();
+        let mut acc: Vec<A> = Vec::with_capacity(n_rows * width);
+        for _ in 0..n_rows {
+            acc.extend_from_slice(&base);
+        }
+        let full = n_rows / BLOCK * BLOCK;
+        for (block, sums) in rows[..full * nf]
+            .chunks_exact(BLOCK * nf)
+            .zip(acc.chunks_exact_mut(BLOCK * width))
+        {
+            for layout in &self.layouts {
+                let leaves = match *layout {
+                    Layout::Perfect {
+                        depth,
+                        steps,
+                        slots,
+                    } => self.perfect_block(block, nf, depth, steps, slots),
+                    Layout::Walk { root } => {
+                        std::array::from_fn(|r| self.walk(root, &block[r * nf..(r + 1) * nf]))
+                    }
+                };
+                for (r, leaf) in leaves.into_iter().enumerate() {
+                    self.add(leaf, &mut sums[r * width..(r + 1) * width]);
+                }
+            }
+        }
+        for (row, sums) in rows[full * nf..]
+            .chunks_exact(nf)
+            .zip(acc[full * width..].chunks_exact_mut(width))
+        {
+            for layout in &self.layouts {
+                let leaf = match *layout {
+                    Layout::Perfect {
+                        depth,
+                        steps,
+                        slots,
+                    } => {
+                        let mut i = 0usize;
+                        for _ in 0..depth {
+                            let s = self.steps[steps as usize + i];
+                            i = 2 * i + 2 - usize::from(s.yes(row[s.feature as usize]));
+                        }
+                        self.slots[slots as usize + i - ((1usize << depth) - 1)]
+                    }
+                    Layout::Walk { root } => self.walk(root, row),
+                };
+                self.add(leaf, sums);
+            }
+        }
+        acc.into_iter().map(A::get).collect()
+    }
+
+    #[inline(always)]
+    fn perfect_block(
+        &self,
+        block: &[f64],
+        nf: usize,
+        depth: u32,
+        steps: u32,
+        slots: u32,
+    ) -> [u32; BLOCK] {
+        let steps = &self.steps[steps as usize..];
+        let mut at = [0usize; BLOCK];
+        for _ in 0..depth {
+            for (r, i) in at.iter_mut().enumerate() {
+                let s = steps[*i];
+                let x = block[r * nf + s.feature as usize];
+                *i = 2 * *i + 2 - usize::from(s.yes(x));
+            }
+        }
+        let first = (1usize << depth) - 1;
+        let slots = &self.slots[slots as usize..];
+        at.map(|i| slots[i - first])
+    }
+
+    #[inline]
+    fn walk(&self, root: u32, row: &[f64]) -> u32 {
+        let mut node = self.walk[root as usize];
+        while node.yes != LEAF {
+            let next = if node.step.yes(row[node.step.feature as usize]) {
+                node.yes
+            } else {
+                node.no
+            };
+            node = self.walk[next as usize];
+        }
+        node.no
+    }
+
+    #[inline(always)]
+    fn add<A: Acc>(&self, leaf: u32, sums: &mut [A]) {
+        let (start, end) = self.leaves[leaf as usize];
+        for &(o, w) in &self.weights[start as usize..end as usize] {
+            sums[o as usize].add(w);
+        }
+    }
+}
+
+fn step(node: &Node) -> Step {
+    match node {
+        Node::Split {
+            feature,
+            threshold,
+            special_yes,
+            zero_special,
+            ..
+        } => Step {
+            threshold: *threshold,
+            feature: *feature,
+            flags: u32::from(*special_yes) * SPECIAL_YES | u32::from(*zero_special) * ZERO_SPECIAL,
+        },
+        Node::Leaf { .. } => Step::default(),
+    }
+}
+
+/// Depth of a validated tree (every node reached once from the root).
+fn depth(tree: &super::Tree) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(tree.root as usize, 0usize)];
+    while let Some((i, d)) = stack.pop() {
+        max = max.max(d);
+        if let Node::Split { yes, no, .. } = &tree.nodes[i] {
+            stack.push((*yes as usize, d + 1));
+            stack.push((*no as usize, d + 1));
+        }
+    }
+    max
+}
