@@ -143,3 +143,65 @@ fn fixtures_cover_what_the_issue_asks() {
         }
     }
 }
+
+/// Rows with missing features as records would carry them (the field absent, or `null`),
+/// through the stream's own decode → score → encode: the library's answer for NaN.
+#[test]
+fn absent_and_null_fields_score_as_the_librarys_nan() {
+    use streamscore::record::SourcePosition;
+    use streamscore::transform::{transform_batch, Input, Outcome};
+    for name in ["xgb_missing", "lgb_missing", "lgb_zero_missing", "onnx_rf_missing", "xgb_regression"] {
+        let doc: Value = serde_json::from_slice(
+            &std::fs::read(fixtures_dir().join(format!("{name}.expected.json"))).unwrap(),
+        )
+        .unwrap();
+        let model = LoadedModel::load(&fixtures_dir().join(doc["model"].as_str().unwrap())).unwrap();
+        let rows: Vec<&Value> = doc["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == "missing")
+            .collect();
+        assert!(!rows.is_empty(), "{name}");
+        let records: Vec<Vec<u8>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut object = serde_json::Map::new();
+                for (k, (f, v)) in model.meta.features.iter().zip(r["x"].as_array().unwrap()).enumerate() {
+                    // every other missing value absent, the rest explicit nulls
+                    if !v.is_null() || (i + k) % 2 == 0 {
+                        object.insert(f.clone(), v.clone());
+                    }
+                }
+                serde_json::to_vec(&object).unwrap()
+            })
+            .collect();
+        let inputs: Vec<Input<'_>> = records
+            .iter()
+            .map(|r| Input {
+                payload: Some(r),
+                source: SourcePosition {
+                    partition: 0,
+                    offset: 0,
+                },
+            })
+            .collect();
+        for (out, r) in transform_batch(&model, &inputs, 1 << 20).iter().zip(&rows) {
+            let Outcome::Scored(json) = out else {
+                panic!("{name}: refused {out:?}")
+            };
+            let got: Value = serde_json::from_slice(json).unwrap();
+            if let Some(want) = r["prediction"].as_f64() {
+                let v = got["prediction"].as_f64().unwrap();
+                assert!((v - want).abs() <= TOLERANCE, "{name}: {v} vs {want}");
+            } else {
+                assert_eq!(got["label"], r["label"], "{name}");
+                for (class, want) in model.meta.classes.iter().zip(r["probabilities"].as_array().unwrap()) {
+                    let p = got["probabilities"][class].as_f64().unwrap();
+                    assert!((p - want.as_f64().unwrap()).abs() <= TOLERANCE, "{name}");
+                }
+            }
+        }
+    }
+}

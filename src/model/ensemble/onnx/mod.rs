@@ -15,8 +15,10 @@
 //! base values, label rule and post-transform (`NONE`, `LOGISTIC`, `SOFTMAX`) or the
 //! regressor's sum or average plus base value.
 
+/// The types generated from `onnx-ml.proto` (public so that tests and fuzzers can build
+/// hostile models).
 #[allow(clippy::all, missing_docs, rustdoc::all)]
-mod proto;
+pub mod proto;
 
 use std::collections::HashMap;
 
