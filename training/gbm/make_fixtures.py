@@ -168,6 +168,7 @@ def make_xgboost(data):
     fit("xgb_logitraw", "binary", {"objective": "binary:logitraw", "max_depth": 3}, 30, feature_names=False)
     fit("xgb_poisson", "regression", {"objective": "count:poisson", "max_depth": 3}, 40)
     fit("xgb_missing", "binary", {"objective": "binary:logistic", "max_depth": 5}, 60, missing=True)
+    fit("xgb_100x6", "large", {"objective": "binary:logistic", "max_depth": 6, "eta": 0.1}, 100)
     fit("xgb_large", "large", {"objective": "binary:logistic", "max_depth": 8, "eta": 0.1, "min_child_weight": 8, "subsample": 0.6}, 300)
 
 

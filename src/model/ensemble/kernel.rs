@@ -12,6 +12,8 @@ use super::{Ensemble, Node};
 
 const MAX_PERFECT_DEPTH: usize = 10;
 const BLOCK: usize = 8;
+/// Rows a tree sees before the next tree is loaded.
+const TILE: usize = 64;
 const SPECIAL_YES: u32 = 1;
 const ZERO_SPECIAL: u32 = 2;
 const LEAF: u32 = u32::MAX;
@@ -27,12 +29,10 @@ impl Step {
     /// Whether a value goes to the `yes` side.
     #[inline(always)]
     fn yes(self, x: f64) -> bool {
+        // Bitwise, not `if`: the comparison's outcome is as good as random, and a branch on
+        // it would be mispredicted half the time.
         let special = x.is_nan() | ((x == 0.0) & (self.flags & ZERO_SPECIAL != 0));
-        if special {
-            self.flags & SPECIAL_YES != 0
-        } else {
-            x < self.threshold
-        }
+        (special & (self.flags & SPECIAL_YES != 0)) | (!special & (x < self.threshold))
     }
 }
 
@@ -197,48 +197,53 @@ impl Kernel {
         for _ in 0..n_rows {
             acc.extend_from_slice(&base);
         }
-        let full = n_rows / BLOCK * BLOCK;
-        for (block, sums) in rows[..full * nf]
-            .chunks_exact(BLOCK * nf)
-            .zip(acc.chunks_exact_mut(BLOCK * width))
+        // Tiles of rows go through every tree in turn: a tree's steps stay in L1 while the
+        // tile's rows pass, and each row still takes the trees in order.
+        for (tile, tile_acc) in rows
+            .chunks(TILE * nf)
+            .zip(acc.chunks_mut(TILE * width))
         {
+            let full = tile.len() / nf / BLOCK * BLOCK;
             for layout in &self.layouts {
-                let leaves = match *layout {
-                    Layout::Perfect {
-                        depth,
-                        steps,
-                        slots,
-                    } => self.perfect_block(block, nf, depth, steps, slots),
-                    Layout::Walk { root } => {
-                        std::array::from_fn(|r| self.walk(root, &block[r * nf..(r + 1) * nf]))
+                for (block, sums) in tile[..full * nf]
+                    .chunks_exact(BLOCK * nf)
+                    .zip(tile_acc.chunks_exact_mut(BLOCK * width))
+                {
+                    let leaves = match *layout {
+                        Layout::Perfect {
+                            depth,
+                            steps,
+                            slots,
+                        } => self.perfect_block(block, nf, depth, steps, slots),
+                        Layout::Walk { root } => std::array::from_fn(|r| {
+                            self.walk(root, &block[r * nf..(r + 1) * nf])
+                        }),
+                    };
+                    for (r, leaf) in leaves.into_iter().enumerate() {
+                        self.add(leaf, &mut sums[r * width..(r + 1) * width]);
                     }
-                };
-                for (r, leaf) in leaves.into_iter().enumerate() {
-                    self.add(leaf, &mut sums[r * width..(r + 1) * width]);
                 }
-            }
-        }
-        for (row, sums) in rows[full * nf..]
-            .chunks_exact(nf)
-            .zip(acc[full * width..].chunks_exact_mut(width))
-        {
-            for layout in &self.layouts {
-                let leaf = match *layout {
-                    Layout::Perfect {
-                        depth,
-                        steps,
-                        slots,
-                    } => {
-                        let mut i = 0usize;
-                        for _ in 0..depth {
-                            let s = self.steps[steps as usize + i];
-                            i = 2 * i + 2 - usize::from(s.yes(row[s.feature as usize]));
+                for (row, sums) in tile[full * nf..]
+                    .chunks_exact(nf)
+                    .zip(tile_acc[full * width..].chunks_exact_mut(width))
+                {
+                    let leaf = match *layout {
+                        Layout::Perfect {
+                            depth,
+                            steps,
+                            slots,
+                        } => {
+                            let mut i = 0usize;
+                            for _ in 0..depth {
+                                let s = self.steps[steps as usize + i];
+                                i = 2 * i + 2 - usize::from(s.yes(row[s.feature as usize]));
+                            }
+                            self.slots[slots as usize + i - ((1usize << depth) - 1)]
                         }
-                        self.slots[slots as usize + i - ((1usize << depth) - 1)]
-                    }
-                    Layout::Walk { root } => self.walk(root, row),
-                };
-                self.add(leaf, sums);
+                        Layout::Walk { root } => self.walk(root, row),
+                    };
+                    self.add(leaf, sums);
+                }
             }
         }
         acc.into_iter().map(A::get).collect()
@@ -301,7 +306,7 @@ fn step(node: &Node) -> Step {
         } => Step {
             threshold: *threshold,
             feature: *feature,
-            flags: u32::from(*special_yes) * SPECIAL_YES | u32::from(*zero_special) * ZERO_SPECIAL,
+            flags: (u32::from(*special_yes) * SPECIAL_YES) | (u32::from(*zero_special) * ZERO_SPECIAL),
         },
         Node::Leaf { .. } => Step::default(),
     }

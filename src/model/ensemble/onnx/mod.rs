@@ -106,7 +106,7 @@ pub fn parse(
     let structure = read_nodes(&attrs)?;
     let max_feature = structure.max_feature;
     let n_features = match declared_width {
-        Some(w) if w >= 1 && w <= 1 << 20 => w as usize,
+        Some(w) if (1..=1 << 20).contains(&w) => w as usize,
         Some(w) => return Err(invalid(format!("input width {w} is not supported"))),
         None => max_feature + 1,
     };
@@ -257,7 +257,7 @@ pub fn parse(
                 }
             }
         }
-        if class_names.iter().len() > 0 {
+        if !class_names.is_empty() {
             return Err(invalid("a regressor has no classes to name"));
         }
         Ensemble::new(
