@@ -67,6 +67,8 @@ pub struct Kernel {
     leaves: Vec<(u32, u32)>,
     weights: Vec<(u32, f64)>,
     single_precision: bool,
+    /// Some split treats zero as missing (LightGBM's missing type Zero).
+    zero_special: bool,
 }
 
 /// The two accumulator precisions.
@@ -116,6 +118,17 @@ impl Kernel {
             leaves: Vec::new(),
             weights: Vec::new(),
             single_precision: e.format.single_precision(),
+            zero_special: e.trees.iter().any(|t| {
+                t.nodes.iter().any(|n| {
+                    matches!(
+                        n,
+                        Node::Split {
+                            zero_special: true,
+                            ..
+                        }
+                    )
+                })
+            }),
         };
         for tree in &e.trees {
             // Leaf ids of this tree's nodes.
@@ -214,7 +227,14 @@ impl Kernel {
                             depth,
                             steps,
                             slots,
-                        } => self.perfect_block(block, nf, depth, steps, slots),
+                        } if self.plain(block) => {
+                            self.perfect_block::<true>(block, nf, depth, steps, slots)
+                        }
+                        Layout::Perfect {
+                            depth,
+                            steps,
+                            slots,
+                        } => self.perfect_block::<false>(block, nf, depth, steps, slots),
                         Layout::Walk { root } => std::array::from_fn(|r| {
                             self.walk(root, &block[r * nf..(r + 1) * nf])
                         }),
@@ -249,8 +269,19 @@ impl Kernel {
         acc.into_iter().map(A::get).collect()
     }
 
+    /// Whether no value of the block takes a split's special branch (no NaN, and no zero
+    /// when some split treats zero as missing): then every split is just `x < threshold`.
+    #[inline]
+    fn plain(&self, block: &[f64]) -> bool {
+        if self.zero_special {
+            block.iter().all(|x| !x.is_nan() && *x != 0.0)
+        } else {
+            block.iter().all(|x| !x.is_nan())
+        }
+    }
+
     #[inline(always)]
-    fn perfect_block(
+    fn perfect_block<const PLAIN: bool>(
         &self,
         block: &[f64],
         nf: usize,
@@ -264,7 +295,8 @@ impl Kernel {
             for (r, i) in at.iter_mut().enumerate() {
                 let s = steps[*i];
                 let x = block[r * nf + s.feature as usize];
-                *i = 2 * *i + 2 - usize::from(s.yes(x));
+                let yes = if PLAIN { x < s.threshold } else { s.yes(x) };
+                *i = 2 * *i + 2 - usize::from(yes);
             }
         }
         let first = (1usize << depth) - 1;
