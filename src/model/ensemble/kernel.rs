@@ -194,6 +194,32 @@ impl Kernel {
 
     /// Each row's accumulators after every tree (`n_outputs` per row, row-major).
     pub fn sums(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        let (nf, width) = (e.features.len(), e.n_outputs);
+        let n = rows.len() / nf;
+        let special: Vec<bool> = rows.chunks_exact(nf).map(|r| !self.plain(r)).collect();
+        let n_special = special.iter().filter(|s| **s).count();
+        if n_special == 0 || n_special == n {
+            return self.run_in_precision(e, rows);
+        }
+        // Rows with a missing value grouped after the others, so that the blocks of complete
+        // rows take the plain steps; each row's sums are its own, so order is free.
+        let order: Vec<usize> = (0..n)
+            .filter(|r| !special[*r])
+            .chain((0..n).filter(|r| special[*r]))
+            .collect();
+        let permuted: Vec<f64> = order
+            .iter()
+            .flat_map(|r| rows[r * nf..(r + 1) * nf].iter().copied())
+            .collect();
+        let sums = self.run_in_precision(e, &permuted);
+        let mut out = vec![0.0; n * width];
+        for (i, r) in order.into_iter().enumerate() {
+            out[r * width..(r + 1) * width].copy_from_slice(&sums[i * width..(i + 1) * width]);
+        }
+        out
+    }
+
+    fn run_in_precision(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         if self.single_precision {
             self.run::<f32>(e, rows)
         } else {
@@ -217,17 +243,22 @@ impl Kernel {
             .zip(acc.chunks_mut(TILE * width))
         {
             let full = tile.len() / nf / BLOCK * BLOCK;
+            let plain: Vec<bool> = tile[..full * nf]
+                .chunks_exact(BLOCK * nf)
+                .map(|block| self.plain(block))
+                .collect();
             for layout in &self.layouts {
-                for (block, sums) in tile[..full * nf]
+                for ((block, sums), plain) in tile[..full * nf]
                     .chunks_exact(BLOCK * nf)
                     .zip(tile_acc.chunks_exact_mut(BLOCK * width))
+                    .zip(&plain)
                 {
                     let leaves = match *layout {
                         Layout::Perfect {
                             depth,
                             steps,
                             slots,
-                        } if self.plain(block) => {
+                        } if *plain => {
                             self.perfect_block::<true>(block, nf, depth, steps, slots)
                         }
                         Layout::Perfect {
