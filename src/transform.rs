@@ -7,10 +7,10 @@
 use ndarray::Array2;
 use serde_json::value::RawValue;
 
+use crate::model::ensemble::Ensemble;
 use crate::model::forest::argmax_rows;
 use crate::model::pmml::{PmmlModel, Prediction};
 use crate::model::recommender::Request;
-use crate::model::ensemble::Ensemble;
 use crate::model::{Forest, LoadedModel, Model, Recommender};
 use crate::record::decode::{decode_user_event, payload_text, FeatureDecoder, FeatureSchema};
 use crate::record::decode_ensemble::EnsembleDecoder;

@@ -66,10 +66,7 @@ fn check(name: &str, doc: &Value) -> (usize, usize, Vec<String>) {
             } => {
                 let want = r["label"].as_str().unwrap();
                 if model.meta.classes[*label] != want {
-                    fail = Some(format!(
-                        "label {} vs {want}",
-                        model.meta.classes[*label]
-                    ));
+                    fail = Some(format!("label {} vs {want}", model.meta.classes[*label]));
                 }
                 for (k, (got, want)) in probabilities
                     .iter()
@@ -93,9 +90,10 @@ fn check(name: &str, doc: &Value) -> (usize, usize, Vec<String>) {
         }
         match fail {
             None => ok += 1,
-            Some(f) if errors.len() < 5 => {
-                errors.push(format!("row {i} ({}): {f}", r["kind"].as_str().unwrap_or("")))
-            }
+            Some(f) if errors.len() < 5 => errors.push(format!(
+                "row {i} ({}): {f}",
+                r["kind"].as_str().unwrap_or("")
+            )),
             Some(_) => {}
         }
     }
@@ -136,8 +134,11 @@ fn fixtures_cover_what_the_issue_asks() {
         assert!(binary && multi && regression, "{format}");
         for kind in ["heldout", "random", "threshold", "missing"] {
             assert!(
-                of.iter()
-                    .all(|d| d["rows"].as_array().unwrap().iter().any(|r| r["kind"] == kind)),
+                of.iter().all(|d| d["rows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["kind"] == kind)),
                 "{format}: {kind}"
             );
         }
@@ -150,12 +151,19 @@ fn fixtures_cover_what_the_issue_asks() {
 fn absent_and_null_fields_score_as_the_librarys_nan() {
     use streamscore::record::SourcePosition;
     use streamscore::transform::{transform_batch, Input, Outcome};
-    for name in ["xgb_missing", "lgb_missing", "lgb_zero_missing", "onnx_rf_missing", "xgb_regression"] {
+    for name in [
+        "xgb_missing",
+        "lgb_missing",
+        "lgb_zero_missing",
+        "onnx_rf_missing",
+        "xgb_regression",
+    ] {
         let doc: Value = serde_json::from_slice(
             &std::fs::read(fixtures_dir().join(format!("{name}.expected.json"))).unwrap(),
         )
         .unwrap();
-        let model = LoadedModel::load(&fixtures_dir().join(doc["model"].as_str().unwrap())).unwrap();
+        let model =
+            LoadedModel::load(&fixtures_dir().join(doc["model"].as_str().unwrap())).unwrap();
         let rows: Vec<&Value> = doc["rows"]
             .as_array()
             .unwrap()
@@ -168,7 +176,13 @@ fn absent_and_null_fields_score_as_the_librarys_nan() {
             .enumerate()
             .map(|(i, r)| {
                 let mut object = serde_json::Map::new();
-                for (k, (f, v)) in model.meta.features.iter().zip(r["x"].as_array().unwrap()).enumerate() {
+                for (k, (f, v)) in model
+                    .meta
+                    .features
+                    .iter()
+                    .zip(r["x"].as_array().unwrap())
+                    .enumerate()
+                {
                     // every other missing value absent, the rest explicit nulls
                     if !v.is_null() || (i + k) % 2 == 0 {
                         object.insert(f.clone(), v.clone());
@@ -197,7 +211,12 @@ fn absent_and_null_fields_score_as_the_librarys_nan() {
                 assert!((v - want).abs() <= TOLERANCE, "{name}: {v} vs {want}");
             } else {
                 assert_eq!(got["label"], r["label"], "{name}");
-                for (class, want) in model.meta.classes.iter().zip(r["probabilities"].as_array().unwrap()) {
+                for (class, want) in model
+                    .meta
+                    .classes
+                    .iter()
+                    .zip(r["probabilities"].as_array().unwrap())
+                {
                     let p = got["probabilities"][class].as_f64().unwrap();
                     assert!((p - want.as_f64().unwrap()).abs() <= TOLERANCE, "{name}");
                 }

@@ -49,11 +49,16 @@ fn xgboost_refusals() {
     let good = fixture("xgb_binary.json");
     loads("m.json", &good);
     let e = refused("m.json", &good[..good.len() / 2]);
-    assert!(e.contains("not valid JSON") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("not valid JSON") && e.contains("truncated"),
+        "{e}"
+    );
 
     let e = refused(
         "m.json",
-        &xgb_edit("xgb_binary.json", |d| tree0(d)["left_children"][0] = 999.into()),
+        &xgb_edit("xgb_binary.json", |d| {
+            tree0(d)["left_children"][0] = 999.into()
+        }),
     );
     assert!(e.contains("out of range"), "{e}");
     // Node 1 pointing back at itself: a cycle that never reaches a leaf.
@@ -67,7 +72,9 @@ fn xgboost_refusals() {
     assert!(e.contains("reached twice"), "{e}");
     let e = refused(
         "m.json",
-        &xgb_edit("xgb_binary.json", |d| tree0(d)["right_children"][0] = 5.into()),
+        &xgb_edit("xgb_binary.json", |d| {
+            tree0(d)["right_children"][0] = 5.into()
+        }),
     );
     assert!(e.contains("left child + 1"), "{e}");
     // XGBoost writes a NaN as a bare `NaN`, which is not JSON.
@@ -83,7 +90,10 @@ fn xgboost_refusals() {
             d["learner"]["objective"]["softmax_multiclass_param"]["num_class"] = "2".into();
         }),
     );
-    assert!(e.contains("disagrees with the tree layout") || e.contains("base scores"), "{e}");
+    assert!(
+        e.contains("disagrees with the tree layout") || e.contains("base scores"),
+        "{e}"
+    );
     let e = refused(
         "m.json",
         &xgb_edit("xgb_iris.json", |d| {
@@ -141,28 +151,43 @@ fn lightgbm_refusals() {
         .map(str::to_owned)
         .collect();
     values[0] = "99".into();
-    let e = refused("m.txt", &lgb_edit(&left, &format!("left_child={}", values.join(" "))));
+    let e = refused(
+        "m.txt",
+        &lgb_edit(&left, &format!("left_child={}", values.join(" "))),
+    );
     assert!(e.contains("out of range"), "{e}");
     values[0] = "0".into();
-    let e = refused("m.txt", &lgb_edit(&left, &format!("left_child={}", values.join(" "))));
+    let e = refused(
+        "m.txt",
+        &lgb_edit(&left, &format!("left_child={}", values.join(" "))),
+    );
     assert!(e.contains("reached twice"), "{e}");
 
     let threshold = lgb_line("threshold");
     let mut t: Vec<&str> = threshold["threshold=".len()..].split(' ').collect();
     t[0] = "nan";
-    let e = refused("m.txt", &lgb_edit(&threshold, &format!("threshold={}", t.join(" "))));
+    let e = refused(
+        "m.txt",
+        &lgb_edit(&threshold, &format!("threshold={}", t.join(" "))),
+    );
     assert!(e.contains("NaN"), "{e}");
 
     let e = refused(
         "m.txt",
-        &lgb_edit("num_class=1\nnum_tree_per_iteration=1", "num_class=3\nnum_tree_per_iteration=3"),
+        &lgb_edit(
+            "num_class=1\nnum_tree_per_iteration=1",
+            "num_class=3\nnum_tree_per_iteration=3",
+        ),
     );
     assert!(e.contains("disagree"), "{e}");
     let e = refused("m.txt", &lgb_edit("decision_type=2 ", "decision_type=1 "));
     assert!(e.contains("categorical"), "{e}");
     let e = refused("m.txt", &lgb_edit("is_linear=0", "is_linear=1"));
     assert!(e.contains("linear"), "{e}");
-    let e = refused("m.txt", &lgb_edit("objective=binary", "objective=lambdarank"));
+    let e = refused(
+        "m.txt",
+        &lgb_edit("objective=binary", "objective=lambdarank"),
+    );
     assert!(e.contains("lambdarank"), "{e}");
 }
 
@@ -172,7 +197,12 @@ fn onnx_edit(name: &str, edit: impl FnOnce(&mut proto::NodeProto)) -> Vec<u8> {
     let node = graph
         .node
         .iter_mut()
-        .find(|n| n.op_type.as_deref().unwrap_or("").starts_with("TreeEnsemble"))
+        .find(|n| {
+            n.op_type
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("TreeEnsemble")
+        })
         .unwrap();
     edit(node);
     model.encode_to_vec()
@@ -196,7 +226,9 @@ fn onnx_refusals() {
 
     let e = refused(
         "m.onnx",
-        &onnx_edit("onnx_rf_iris.onnx", |n| attr(n, "nodes_truenodeids").ints[0] = 100_000),
+        &onnx_edit("onnx_rf_iris.onnx", |n| {
+            attr(n, "nodes_truenodeids").ints[0] = 100_000
+        }),
     );
     assert!(e.contains("does not exist"), "{e}");
     // The root's true branch pointing back at the root: a tree that never reaches a leaf.
@@ -210,7 +242,9 @@ fn onnx_refusals() {
     assert!(e.contains("reached twice"), "{e}");
     let e = refused(
         "m.onnx",
-        &onnx_edit("onnx_rf_iris.onnx", |n| attr(n, "nodes_values").floats[0] = f32::NAN),
+        &onnx_edit("onnx_rf_iris.onnx", |n| {
+            attr(n, "nodes_values").floats[0] = f32::NAN
+        }),
     );
     assert!(e.contains("NaN"), "{e}");
     let e = refused(
@@ -229,7 +263,9 @@ fn onnx_refusals() {
     assert!(e.contains("BRANCH_EQ"), "{e}");
     let e = refused(
         "m.onnx",
-        &onnx_edit("onnx_rf_iris.onnx", |n| attr(n, "nodes_featureids").ints[0] = 7),
+        &onnx_edit("onnx_rf_iris.onnx", |n| {
+            attr(n, "nodes_featureids").ints[0] = 7
+        }),
     );
     assert!(e.contains("feature 7 out of range"), "{e}");
     let e = refused(
@@ -272,7 +308,9 @@ async fn refused_reloads_and_uploads_are_4xx_and_the_model_keeps_scoring() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model_path = dir.path().join("model.json");
     std::fs::write(&model_path, fixture("xgb_binary.json")).unwrap();
-    let hostile = xgb_edit("xgb_binary.json", |d| tree0(d)["left_children"][0] = 999.into());
+    let hostile = xgb_edit("xgb_binary.json", |d| {
+        tree0(d)["left_children"][0] = 999.into()
+    });
     std::fs::write(dir.path().join("hostile.json"), &hostile).unwrap();
     let good = fixture("onnx_rf_binary.onnx");
     std::fs::write(dir.path().join("truncated.onnx"), &good[..good.len() / 3]).unwrap();
@@ -329,6 +367,9 @@ async fn refused_reloads_and_uploads_are_4xx_and_the_model_keeps_scoring() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("probabilities") || body.contains("label"), "{body}");
+    assert!(
+        body.contains("probabilities") || body.contains("label"),
+        "{body}"
+    );
     service.stop().await.expect("clean shutdown");
 }

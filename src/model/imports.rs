@@ -90,9 +90,7 @@ pub fn compile(spec: &ImportedSpec, format: Format) -> Result<Ensemble, ModelErr
     let (features, classes) = (&spec.feature_names, &spec.class_names);
     match format {
         Format::Xgboost => ensemble::xgboost::parse(spec.document.as_bytes(), features, classes),
-        Format::Lightgbm => {
-            ensemble::lightgbm::parse(spec.document.as_bytes(), features, classes)
-        }
+        Format::Lightgbm => ensemble::lightgbm::parse(spec.document.as_bytes(), features, classes),
         Format::Onnx => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(spec.document.as_bytes())

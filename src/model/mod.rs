@@ -5,9 +5,9 @@
 //! content hash, re-checked on load, so a truncated or hand-edited file is refused rather
 //! than half-trusted.
 
+pub mod ensemble;
 pub mod forest;
 mod imports;
-pub mod ensemble;
 pub mod pmml;
 pub mod recommender;
 pub mod store;
@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use forest::{Forest, ForestSpec};
-pub use imports::{detect as detect_import, detect_bytes as detect_import_bytes, file as import_file};
+pub use imports::{
+    detect as detect_import, detect_bytes as detect_import_bytes, file as import_file,
+};
 pub use recommender::{Recommender, RecommenderSpec};
 pub use store::ModelStore;
 

@@ -89,7 +89,9 @@ mod tests {
         let names = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
         let mut d = EnsembleDecoder::new(&names);
         let mut row = [0.0; 3];
-        let id = d.decode(r#"{"id": 7, "a": 1.5, "b": null}"#, &mut row).unwrap();
+        let id = d
+            .decode(r#"{"id": 7, "a": 1.5, "b": null}"#, &mut row)
+            .unwrap();
         assert_eq!(id.map(|r| r.get()), Some("7"));
         assert_eq!(row[0], 1.5);
         assert!(row[1].is_nan() && row[2].is_nan());

@@ -41,11 +41,15 @@ pub enum XgbObjective {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LgbTransform {
     /// `binary`: two classes, p = 1 / (1 + exp(-sigmoid × margin)).
-    Binary { sigmoid: f64 },
+    Binary {
+        sigmoid: f64,
+    },
     /// `multiclass`: softmax.
     Softmax,
     /// `multiclassova`: a sigmoid per class.
-    Ova { sigmoid: f64 },
+    Ova {
+        sigmoid: f64,
+    },
     Identity,
     /// `poisson`, `gamma`, `tweedie`: exp.
     Exp,
@@ -97,9 +101,10 @@ impl Finish {
                 LgbTransform::Binary { .. } => {
                     expect(classes == 2 && e.n_outputs == 1, "objective binary")
                 }
-                LgbTransform::Softmax | LgbTransform::Ova { .. } => {
-                    expect(classes >= 2 && e.n_outputs == classes, "a multiclass objective")
-                }
+                LgbTransform::Softmax | LgbTransform::Ova { .. } => expect(
+                    classes >= 2 && e.n_outputs == classes,
+                    "a multiclass objective",
+                ),
                 _ => expect(classes == 0 && e.n_outputs == 1, "a regression"),
             },
             Finish::OnnxClassifier(c) => expect(

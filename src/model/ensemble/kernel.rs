@@ -46,14 +46,8 @@ struct WalkNode {
 
 #[derive(Debug, Clone, Copy)]
 enum Layout {
-    Perfect {
-        depth: u32,
-        steps: u32,
-        slots: u32,
-    },
-    Walk {
-        root: u32,
-    },
+    Perfect { depth: u32, steps: u32, slots: u32 },
+    Walk { root: u32 },
 }
 
 #[derive(Debug)]
@@ -145,7 +139,8 @@ impl Kernel {
             if depth <= MAX_PERFECT_DEPTH {
                 let steps = k.steps.len();
                 let slots = k.slots.len();
-                k.steps.resize(steps + (1usize << depth) - 1, Step::default());
+                k.steps
+                    .resize(steps + (1usize << depth) - 1, Step::default());
                 k.slots.resize(slots + (1usize << depth), 0);
                 let mut stack = vec![(tree.root as usize, 0usize, 0usize)];
                 while let Some((i, level, p)) = stack.pop() {
@@ -238,10 +233,7 @@ impl Kernel {
         }
         // Tiles of rows go through every tree in turn: a tree's steps stay in L1 while the
         // tile's rows pass, and each row still takes the trees in order.
-        for (tile, tile_acc) in rows
-            .chunks(TILE * nf)
-            .zip(acc.chunks_mut(TILE * width))
-        {
+        for (tile, tile_acc) in rows.chunks(TILE * nf).zip(acc.chunks_mut(TILE * width)) {
             let full = tile.len() / nf / BLOCK * BLOCK;
             let plain: Vec<bool> = tile[..full * nf]
                 .chunks_exact(BLOCK * nf)
@@ -258,17 +250,15 @@ impl Kernel {
                             depth,
                             steps,
                             slots,
-                        } if *plain => {
-                            self.perfect_block::<true>(block, nf, depth, steps, slots)
-                        }
+                        } if *plain => self.perfect_block::<true>(block, nf, depth, steps, slots),
                         Layout::Perfect {
                             depth,
                             steps,
                             slots,
                         } => self.perfect_block::<false>(block, nf, depth, steps, slots),
-                        Layout::Walk { root } => std::array::from_fn(|r| {
-                            self.walk(root, &block[r * nf..(r + 1) * nf])
-                        }),
+                        Layout::Walk { root } => {
+                            std::array::from_fn(|r| self.walk(root, &block[r * nf..(r + 1) * nf]))
+                        }
                     };
                     for (r, leaf) in leaves.into_iter().enumerate() {
                         self.add(leaf, &mut sums[r * width..(r + 1) * width]);
@@ -369,7 +359,8 @@ fn step(node: &Node) -> Step {
         } => Step {
             threshold: *threshold,
             feature: *feature,
-            flags: (u32::from(*special_yes) * SPECIAL_YES) | (u32::from(*zero_special) * ZERO_SPECIAL),
+            flags: (u32::from(*special_yes) * SPECIAL_YES)
+                | (u32::from(*zero_special) * ZERO_SPECIAL),
         },
         Node::Leaf { .. } => Step::default(),
     }

@@ -2,8 +2,8 @@
 //!
 //! What LightGBM's predictor does (`Tree::NumericalDecision`), and so what this does: the
 //! row is read as doubles, values within ±`kZeroThreshold` (1e-35, as a float) reading as 0
-//! (the dense-matrix input drops them). A split's `decision_type` carries default-left (bit
-//! 1) and the missing type (bits 2–3): *None* — NaN reads as 0 and is compared; *Zero* — NaN
+//! (the dense-matrix input drops them). A split's `decision_type` carries default-left in
+//! bit 1 and the missing type in bits 2–3: *None* — NaN reads as 0 and is compared; *Zero* — NaN
 //! and 0 take the default branch; *NaN* — NaN takes the default branch. Otherwise
 //! `x <= threshold` (double) goes left. Leaves are added in double, tree `i` to class
 //! `i % num_tree_per_iteration`; `average_output` (random-forest mode) divides by the
@@ -90,7 +90,9 @@ pub fn parse(
         };
     }
     if options.contains_key("sqrt") {
-        return Err(invalid("objectives with `sqrt` (reg_sqrt) are not supported"));
+        return Err(invalid(
+            "objectives with `sqrt` (reg_sqrt) are not supported",
+        ));
     }
     let sigmoid = match options.get("sigmoid") {
         Some(s) => s
@@ -201,10 +203,15 @@ fn values<T: std::str::FromStr>(
     key: &str,
     n: usize,
 ) -> Result<Vec<T>, String> {
-    let text = block.get(key).ok_or_else(|| format!("`{key}` is missing"))?;
+    let text = block
+        .get(key)
+        .ok_or_else(|| format!("`{key}` is missing"))?;
     let v: Vec<T> = text
         .split_whitespace()
-        .map(|s| s.parse::<T>().map_err(|_| format!("`{key}` value `{s}` does not parse")))
+        .map(|s| {
+            s.parse::<T>()
+                .map_err(|_| format!("`{key}` value `{s}` does not parse"))
+        })
         .collect::<Result<_, _>>()?;
     if v.len() != n {
         return Err(format!("`{key}` has {} values, expected {n}", v.len()));

@@ -332,7 +332,9 @@ impl Ensemble {
                     .as_f64()
                     .filter(|v| v.is_finite())
                     .ok_or_else(|| format!("argument `{name}` is out of range"))?,
-                Some(other) => return Err(format!("argument `{name}` must be a number, not {other}")),
+                Some(other) => {
+                    return Err(format!("argument `{name}` must be a number, not {other}"))
+                }
             });
         }
         Ok(self
@@ -379,7 +381,8 @@ mod tests {
         assert!((next_up_f32(1.0) as f64) > 1.0);
         let t = 0.3f32;
         let up = next_up_f32(t);
-        assert!(t < up && !(t < up && up <= t));
+        assert!(t < up);
+        assert_eq!(up.to_bits(), t.to_bits() + 1);
     }
 }
 

@@ -43,7 +43,10 @@ pub fn parse(
             return Err(invalid("multi-target models are not supported"));
         }
     }
-    let objective = text(field(field(learner, "objective")?, "name")?, "objective name")?;
+    let objective = text(
+        field(field(learner, "objective")?, "name")?,
+        "objective name",
+    )?;
     let booster = field(learner, "gradient_booster")?;
     let booster_name = text(field(booster, "name")?, "gradient_booster name")?;
     if booster_name != "gbtree" {
@@ -159,7 +162,8 @@ pub fn parse(
 }
 
 fn field<'v>(v: &'v Value, key: &str) -> Result<&'v Value, ModelError> {
-    v.get(key).ok_or_else(|| invalid(format!("`{key}` is missing")))
+    v.get(key)
+        .ok_or_else(|| invalid(format!("`{key}` is missing")))
 }
 
 fn array<'v>(v: &'v Value, what: &str) -> Result<&'v [Value], ModelError> {
@@ -210,11 +214,7 @@ fn base_score(v: &Value, n_outputs: usize, objective: &str) -> Result<Vec<f64>, 
     let values = match values.len() {
         1 => vec![values[0]; n_outputs],
         n if n == n_outputs => values,
-        n => {
-            return Err(invalid(format!(
-                "{n} base scores for {n_outputs} outputs"
-            )))
-        }
+        n => return Err(invalid(format!("{n} base scores for {n_outputs} outputs"))),
     };
     let mut margins = Vec::with_capacity(values.len());
     for v in values {
@@ -278,9 +278,14 @@ fn read_tree(tree: &Value, group: u32, num_feature: usize) -> Result<Tree, Strin
     if n == 0 {
         return Err("no nodes".into());
     }
-    if [right.len(), index.len(), default_left.len(), conditions.len()]
-        .iter()
-        .any(|l| *l != n)
+    if [
+        right.len(),
+        index.len(),
+        default_left.len(),
+        conditions.len(),
+    ]
+    .iter()
+    .any(|l| *l != n)
     {
         return Err("node arrays of different lengths".into());
     }

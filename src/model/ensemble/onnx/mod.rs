@@ -148,15 +148,14 @@ pub fn parse(
     if classifier {
         let ints = attrs.ints("classlabels_int64s");
         let strings = attrs.strings("classlabels_strings")?;
-        let (labels, int_labels) = match (ints.is_empty(), strings.is_empty()) {
-            (false, true) => (ints.iter().map(i64::to_string).collect::<Vec<_>>(), true),
-            (true, false) => (strings, false),
-            _ => {
-                return Err(invalid(
+        let (labels, int_labels) =
+            match (ints.is_empty(), strings.is_empty()) {
+                (false, true) => (ints.iter().map(i64::to_string).collect::<Vec<_>>(), true),
+                (true, false) => (strings, false),
+                _ => return Err(invalid(
                     "a classifier needs exactly one of classlabels_int64s and classlabels_strings",
-                ))
-            }
-        };
+                )),
+            };
         let n = labels.len();
         if n < 2 {
             return Err(invalid(format!("{n} class labels")));
@@ -177,11 +176,17 @@ pub fn parse(
         let weights_all_positive = class_weights.iter().all(|w| *w >= 0.0);
         let scored = scored_classes(&trees, n)?;
         if n > 2 && base_values.len() > n {
-            return Err(invalid(format!("{} base values for {n} classes", base_values.len())));
+            return Err(invalid(format!(
+                "{} base values for {n} classes",
+                base_values.len()
+            )));
         }
         if n == 2 {
             if base_values.len() > 2 {
-                return Err(invalid(format!("{} base values for 2 classes", base_values.len())));
+                return Err(invalid(format!(
+                    "{} base values for 2 classes",
+                    base_values.len()
+                )));
             }
             let single = base_values.len() != 2 && !scored[1];
             if single && !binary_case && base_values.len() == 1 {
@@ -224,7 +229,11 @@ pub fn parse(
         if post != PostTransform::None {
             return Err(invalid("a regressor's post_transform must be NONE"));
         }
-        let average = match attrs.string("aggregate_function")?.as_deref().unwrap_or("SUM") {
+        let average = match attrs
+            .string("aggregate_function")?
+            .as_deref()
+            .unwrap_or("SUM")
+        {
             "SUM" => false,
             "AVERAGE" => true,
             other => {
@@ -319,8 +328,9 @@ impl<'n> Attributes<'n> {
                 a.strings
                     .iter()
                     .map(|s| {
-                        String::from_utf8(s.clone())
-                            .map_err(|_| invalid(format!("`{name}` holds a string that is not UTF-8")))
+                        String::from_utf8(s.clone()).map_err(|_| {
+                            invalid(format!("`{name}` holds a string that is not UTF-8"))
+                        })
                     })
                     .collect()
             })
@@ -332,8 +342,7 @@ impl<'n> Attributes<'n> {
             .get(name)
             .and_then(|a| a.s.as_ref())
             .map(|s| {
-                String::from_utf8(s.clone())
-                    .map_err(|_| invalid(format!("`{name}` is not UTF-8")))
+                String::from_utf8(s.clone()).map_err(|_| invalid(format!("`{name}` is not UTF-8")))
             })
             .transpose()
     }
@@ -393,7 +402,10 @@ fn read_nodes(attrs: &Attributes<'_>) -> Result<Structure, ModelError> {
         }
         let t = starts.len() - 1;
         let local = i - starts[t];
-        if index.insert((tree_ids[i], node_ids[i]), (t, local)).is_some() {
+        if index
+            .insert((tree_ids[i], node_ids[i]), (t, local))
+            .is_some()
+        {
             return Err(invalid(format!(
                 "node {} of tree {} is listed twice",
                 node_ids[i], tree_ids[i]
@@ -444,7 +456,8 @@ fn read_nodes(attrs: &Attributes<'_>) -> Result<Structure, ModelError> {
                 )));
             }
             let tracks_true = tracks.get(i).copied().unwrap_or(0) == 1;
-            let (true_node, false_node) = (child(true_ids[i], "true")?, child(false_ids[i], "false")?);
+            let (true_node, false_node) =
+                (child(true_ids[i], "true")?, child(false_ids[i], "false")?);
             // Rewritten to `x < threshold` → yes.
             let (threshold, yes, no, special_yes) = match mode {
                 "BRANCH_LEQ" => (next_up_f32(t32), true_node, false_node, tracks_true),
