@@ -261,7 +261,9 @@ async fn deploy(
         content_type.as_deref(),
         Some("application/json" | "text/plain" | "application/octet-stream")
     );
-    if !pmml && !imported {
+    // A body of none of the formats under a non-XML type (a PMML sent as JSON, say) is the
+    // wrong media type, as it was before the other formats were accepted.
+    if !pmml && (!imported || detect_import_bytes(&body).is_none()) {
         return message(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a model is deployed as a PMML document (Content-Type text/xml or application/xml), an XGBoost JSON model (application/json), a LightGBM text model (text/plain) or an ONNX model (application/octet-stream)",
