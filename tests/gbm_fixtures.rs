@@ -224,3 +224,33 @@ fn absent_and_null_fields_score_as_the_librarys_nan() {
         }
     }
 }
+
+/// Each format has a large ensemble among the fixtures: ≥ 300 trees, depth ≥ 8.
+#[test]
+fn each_format_has_a_large_ensemble() {
+    use streamscore::model::ensemble::{Node, Tree};
+    fn depth(tree: &Tree) -> usize {
+        let mut max = 0;
+        let mut stack = vec![(tree.root as usize, 0)];
+        while let Some((i, d)) = stack.pop() {
+            max = max.max(d);
+            if let Node::Split { yes, no, .. } = &tree.nodes[i] {
+                stack.push((*yes as usize, d + 1));
+                stack.push((*no as usize, d + 1));
+            }
+        }
+        max
+    }
+    for file in ["xgb_large.json", "lgb_large.txt", "onnx_large.onnx"] {
+        let model = LoadedModel::load(&fixtures_dir().join(file)).unwrap();
+        let Model::Ensemble(e) = &model.model else {
+            panic!("{file}")
+        };
+        let deepest = e.trees.iter().map(depth).max().unwrap_or(0);
+        assert!(
+            e.n_trees() >= 300 && deepest >= 8,
+            "{file}: {} trees, depth {deepest}",
+            e.n_trees()
+        );
+    }
+}
