@@ -116,6 +116,21 @@ fn xgboost_refusals() {
         }),
     );
     assert!(e.contains("rank:pairwise"), "{e}");
+    // Stated sizes that would be allocated before anything could contradict them.
+    let e = refused(
+        "m.json",
+        &xgb_edit("xgb_logitraw.json", |d| {
+            d["learner"]["learner_model_param"]["num_feature"] = "2000000000".into()
+        }),
+    );
+    assert!(e.contains("out of the supported range"), "{e}");
+    let e = refused(
+        "m.json",
+        &xgb_edit("xgb_iris.json", |d| {
+            d["learner"]["learner_model_param"]["num_class"] = "2000000000".into()
+        }),
+    );
+    assert!(e.contains("out of the supported range"), "{e}");
     let e = refused(
         "m.json",
         &xgb_edit("xgb_binary.json", |d| tree0(d)["split_type"][0] = 1.into()),

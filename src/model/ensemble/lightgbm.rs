@@ -68,6 +68,11 @@ pub fn parse(
     let num_class = number("num_class")?;
     let per_iteration = number("num_tree_per_iteration")?;
     let n_features = number("max_feature_idx")? + 1;
+    if n_features > super::MAX_FEATURES || num_class > super::MAX_CLASSES {
+        return Err(invalid(format!(
+            "{n_features} features or {num_class} classes: out of the supported range"
+        )));
+    }
     let objective = get("objective")?.trim();
     let file_names: Vec<String> = get("feature_names")?
         .split_whitespace()

@@ -55,6 +55,10 @@ impl Format {
 pub const MAX_DEPTH: usize = 4096;
 /// Largest number of nodes in one file, over all trees.
 pub const MAX_NODES: usize = 1 << 24;
+/// Largest input width and class count a file may state: what it states is allocated before
+/// the trees can contradict it, so a hostile count must not reach the allocator.
+pub const MAX_FEATURES: usize = 1 << 20;
+pub const MAX_CLASSES: usize = 1 << 16;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {

@@ -38,6 +38,13 @@ pub fn parse(
     let param = field(learner, "learner_model_param")?;
     let num_feature = count(field(param, "num_feature")?, "num_feature")?;
     let num_class = count(field(param, "num_class")?, "num_class")?;
+    if num_feature == 0 || num_feature > super::MAX_FEATURES || num_class > super::MAX_CLASSES {
+        return Err(invalid(format!(
+            "num_feature {num_feature} or num_class {num_class} is out of the supported range (1..={} features, ≤ {} classes)",
+            super::MAX_FEATURES,
+            super::MAX_CLASSES
+        )));
+    }
     if let Some(t) = param.get("num_target") {
         if count(t, "num_target")? > 1 {
             return Err(invalid("multi-target models are not supported"));
