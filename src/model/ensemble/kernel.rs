@@ -136,7 +136,9 @@ impl Kernel {
                 }
             }
             let depth = depth(tree);
-            if depth <= MAX_PERFECT_DEPTH {
+            // A sparse deep tree (a chain, say) would be mostly filler: a file could make the
+            // layout hundreds of times its own size. Such trees are walked.
+            if depth <= MAX_PERFECT_DEPTH && (1usize << depth) <= 16 * tree.nodes.len() {
                 let steps = k.steps.len();
                 let slots = k.slots.len();
                 k.steps
