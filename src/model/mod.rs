@@ -8,6 +8,7 @@
 pub mod ensemble;
 pub mod forest;
 mod imports;
+mod mask;
 pub mod pmml;
 pub mod recommender;
 pub mod store;

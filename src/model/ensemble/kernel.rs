@@ -5,13 +5,20 @@
 //! below it may go either way): finding a leaf is `depth` steps of `i = 2i + 1 + no` with no
 //! data-dependent branch, done for a block of rows at once so that their independent steps
 //! overlap. Deeper trees (LightGBM's leaf-wise trees can be) are walked node by node.
+//! A tree of at most 64 leaves also has the native forest's leaf-bitmask form (`mask`),
+//! which scores blocks of rows with no missing value: every split is then `x < threshold`
+//! on the prepared value, the same test the other forms make. Rows with a missing value
+//! take the level-order or walking form, which handle the library's missing-value rules.
 //! Each row's accumulators start at the base score and take the leaves' weights tree by
 //! tree, in the library's precision: the same additions in the same order as the library.
 
+use std::ops::Range;
+
 use super::{Ensemble, Node};
+use crate::model::mask;
 
 const MAX_PERFECT_DEPTH: usize = 10;
-const BLOCK: usize = 8;
+const BLOCK: usize = mask::BLOCK;
 /// Rows a tree sees before the next tree is loaded.
 const TILE: usize = 64;
 const SPECIAL_YES: u32 = 1;
@@ -57,6 +64,11 @@ pub struct Kernel {
     /// Bottom slots of perfect trees: the leaf each one is.
     slots: Vec<u32>,
     walk: Vec<WalkNode>,
+    /// Per tree, its range in `mask_splits` and `mask_leaves`, if it has a mask form.
+    masks: Vec<Option<(Range<usize>, Range<usize>)>>,
+    mask_splits: Vec<mask::Split>,
+    /// Leaf ids of the mask trees' leaves, left to right.
+    mask_leaves: Vec<u32>,
     /// Per leaf id, its range in `weights`.
     leaves: Vec<(u32, u32)>,
     weights: Vec<(u32, f64)>,
@@ -109,6 +121,9 @@ impl Kernel {
             steps: Vec::new(),
             slots: Vec::new(),
             walk: Vec::new(),
+            masks: Vec::with_capacity(e.trees.len()),
+            mask_splits: Vec::new(),
+            mask_leaves: Vec::new(),
             leaves: Vec::new(),
             weights: Vec::new(),
             single_precision: e.format.single_precision(),
@@ -135,6 +150,31 @@ impl Kernel {
                     k.leaves.push((start, k.weights.len() as u32));
                 }
             }
+            let shape = |at: u32| match &tree.nodes[at as usize] {
+                Node::Leaf { .. } => mask::Shape::Leaf(leaf_of[at as usize]),
+                Node::Split {
+                    feature,
+                    threshold,
+                    yes,
+                    no,
+                    ..
+                } => mask::Shape::Split {
+                    threshold: *threshold,
+                    feature: *feature,
+                    yes: *yes,
+                    no: *no,
+                },
+            };
+            // `build` numbers leaves from the start of the vectors it is given.
+            let (mut splits, mut leaves) = (Vec::new(), Vec::new());
+            k.masks.push(
+                mask::build(tree.root, &shape, &mut splits, &mut leaves).map(|()| {
+                    let (s, l) = (k.mask_splits.len(), k.mask_leaves.len());
+                    k.mask_splits.extend_from_slice(&splits);
+                    k.mask_leaves.extend_from_slice(&leaves);
+                    (s..k.mask_splits.len(), l..k.mask_leaves.len())
+                }),
+            );
             let depth = depth(tree);
             // A sparse deep tree (a chain, say) would be mostly filler: a file could make the
             // layout hundreds of times its own size. Such trees are walked.
@@ -189,6 +229,11 @@ impl Kernel {
         k
     }
 
+    #[cfg(test)]
+    pub fn n_masked(&self) -> usize {
+        self.masks.iter().filter(|m| m.is_some()).count()
+    }
+
     /// Each row's accumulators after every tree (`n_outputs` per row, row-major).
     pub fn sums(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         let (nf, width) = (e.features.len(), e.n_outputs);
@@ -241,24 +286,45 @@ impl Kernel {
                 .chunks_exact(BLOCK * nf)
                 .map(|block| self.plain(block))
                 .collect();
-            for layout in &self.layouts {
-                for ((block, sums), plain) in tile[..full * nf]
+            // The plain blocks feature-major, for the mask forms (others are left zero).
+            let mut major = Vec::with_capacity(full * nf);
+            for (block, plain) in tile[..full * nf].chunks_exact(BLOCK * nf).zip(&plain) {
+                if *plain {
+                    mask::push_block(&mut major, nf, |r| &block[r * nf..(r + 1) * nf]);
+                } else {
+                    major.resize(major.len() + BLOCK * nf, 0.0);
+                }
+            }
+            for (layout, masked) in self.layouts.iter().zip(&self.masks) {
+                for (((block, major), sums), plain) in tile[..full * nf]
                     .chunks_exact(BLOCK * nf)
+                    .zip(major.chunks_exact(BLOCK * nf))
                     .zip(tile_acc.chunks_exact_mut(BLOCK * width))
                     .zip(&plain)
                 {
-                    let leaves = match *layout {
-                        Layout::Perfect {
-                            depth,
-                            steps,
-                            slots,
-                        } if *plain => self.perfect_block::<true>(block, nf, depth, steps, slots),
-                        Layout::Perfect {
-                            depth,
-                            steps,
-                            slots,
-                        } => self.perfect_block::<false>(block, nf, depth, steps, slots),
-                        Layout::Walk { root } => {
+                    let leaves = match (*layout, masked) {
+                        (_, Some((splits, leaves))) if *plain => {
+                            let ids = &self.mask_leaves[leaves.clone()];
+                            mask::leaves(&self.mask_splits[splits.clone()], major)
+                                .map(|leaf| ids[leaf])
+                        }
+                        (
+                            Layout::Perfect {
+                                depth,
+                                steps,
+                                slots,
+                            },
+                            _,
+                        ) if *plain => self.perfect_block::<true>(block, nf, depth, steps, slots),
+                        (
+                            Layout::Perfect {
+                                depth,
+                                steps,
+                                slots,
+                            },
+                            _,
+                        ) => self.perfect_block::<false>(block, nf, depth, steps, slots),
+                        (Layout::Walk { root }, _) => {
                             std::array::from_fn(|r| self.walk(root, &block[r * nf..(r + 1) * nf]))
                         }
                     };
