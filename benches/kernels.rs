@@ -139,6 +139,68 @@ fn pmml_forest(c: &mut Criterion) {
     group.finish();
 }
 
+/// The fixture rows of an imported model (held-out, random, threshold and missing rows, as
+/// `training/gbm` recorded them) cycled to `n`: what `bench/gbm_predict.py` feeds the
+/// libraries' own predict.
+fn gbm_rows(name: &str, n: usize) -> Vec<f64> {
+    let path = repo_path(&format!("training/gbm/{name}.expected.json"));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let rows: Vec<Vec<f64>> = doc["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    r["x"]
+                        .as_array()
+                        .map(|x| x.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (0..n).flat_map(|i| rows[i % rows.len()].clone()).collect()
+}
+
+/// Imported XGBoost, LightGBM and ONNX ensembles per row at batch 1000, next to the native
+/// 100-tree forest: a 100-tree depth-6 XGBoost model (the ≤ 1 µs/row target) and the 300-tree
+/// depth-8 models of each format.
+fn imported_gbm(c: &mut Criterion) {
+    use streamscore::model::ensemble::Ensemble;
+
+    let native = iris_model();
+    let Model::Forest(forest) = &native.model else {
+        panic!("models/iris-forest.json is not a forest");
+    };
+    let batch = 1000;
+    let iris = iris_rows(batch);
+    let mut group = c.benchmark_group("imported_gbm_predict");
+    group.throughput(Throughput::Elements(batch as u64));
+    group.bench_function("native_forest_100_trees/1000", |b| {
+        b.iter(|| forest.predict_proba(black_box(iris.view())))
+    });
+    for (name, file) in [
+        ("xgboost_100_trees_depth6", "xgb_100x6.json"),
+        ("xgboost_300_trees_depth8", "xgb_large.json"),
+        ("lightgbm_300_trees_depth8", "lgb_large.txt"),
+        ("onnx_sklearn_gbm_300_trees_depth8", "onnx_large.onnx"),
+    ] {
+        let model = LoadedModel::load(&repo_path(&format!("training/gbm/{file}")))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let Model::Ensemble(ensemble) = &model.model else {
+            panic!("{file} is not an imported ensemble");
+        };
+        let ensemble: &Ensemble = ensemble;
+        let stem = file.split('.').next().unwrap_or(file);
+        let rows = gbm_rows(stem, batch);
+        group.bench_function(format!("{name}/1000"), |b| {
+            b.iter(|| ensemble.predict_rows(black_box(&rows)))
+        });
+    }
+    group.finish();
+}
+
 const USERS: usize = 1000;
 const ITEMS: usize = 1700;
 const FACTORS: usize = 100;
@@ -441,6 +503,6 @@ fn observe(c: &mut Criterion) {
 criterion_group! {
     name = kernels;
     config = config();
-    targets = forest, pmml_forest, recommender, decode, encode, transform, observe
+    targets = forest, pmml_forest, imported_gbm, recommender, decode, encode, transform, observe
 }
 criterion_main!(kernels);

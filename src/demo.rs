@@ -79,7 +79,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let model = LoadedModel::load(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let samples = match &model.model {
-        Model::Forest(_) | Model::Pmml(_) => iris_samples(args, &model)?,
+        Model::Forest(_) | Model::Pmml(_) | Model::Ensemble(_) => iris_samples(args, &model)?,
         Model::Recommender(_) => user_event_samples(),
     };
 

@@ -38,7 +38,7 @@ enum Command {
     /// Train a model offline and write its model file.
     #[command(subcommand)]
     Train(TrainCommand),
-    /// Convert a PMML model into a streamscore model file.
+    /// Convert a PMML, XGBoost, LightGBM or ONNX model into a streamscore model file.
     Import(import::ImportArgs),
     /// Score a JSON-lines file or stdin to stdout with a model file.
     Score(score::ScoreArgs),

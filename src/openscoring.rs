@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::http::HttpState;
-use crate::model::{pmml_file, LoadedModel, Model, ModelError};
+use crate::model::{detect_import_bytes, import_file, pmml_file, LoadedModel, Model, ModelError};
 use crate::record::{SourcePosition, DEFAULT_MAX_RECORD_BYTES};
 use crate::transform::{transform_batch, Input, Outcome};
 
@@ -162,6 +162,12 @@ fn model_response(model: &LoadedModel, d: &Deployed) -> Value {
             native_schema(model),
         ),
         Model::Recommender(_) => ("regression", "Matrix factorization".to_owned(), json!({})),
+        Model::Ensemble(e) if e.is_classification() => (
+            "classification",
+            "Ensemble model".to_owned(),
+            native_schema(model),
+        ),
+        Model::Ensemble(_) => ("regression", "Ensemble model".to_owned(), json!({})),
     };
     let mut properties = json!({
         "created.timestamp": timestamp(d.created),
@@ -246,13 +252,21 @@ async fn deploy(
                 .trim()
                 .to_ascii_lowercase()
         });
-    if !matches!(
+    let pmml = matches!(
         content_type.as_deref(),
         Some("text/xml" | "application/xml")
-    ) {
+    );
+    // XGBoost JSON, LightGBM text and ONNX protobuf uploads are told apart by content.
+    let imported = matches!(
+        content_type.as_deref(),
+        Some("application/json" | "text/plain" | "application/octet-stream")
+    );
+    // A body of none of the formats under a non-XML type (a PMML sent as JSON, say) is the
+    // wrong media type, as it was before the other formats were accepted.
+    if !pmml && (!imported || detect_import_bytes(&body).is_none()) {
         return message(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "a model is deployed as a PMML document: Content-Type text/xml or application/xml",
+            "a model is deployed as a PMML document (Content-Type text/xml or application/xml), an XGBoost JSON model (application/json), a LightGBM text model (text/plain) or an ONNX model (application/octet-stream)",
         );
     }
     let shared = Arc::clone(&state.http.state);
@@ -264,7 +278,18 @@ async fn deploy(
     // Parsing and compiling a forest is CPU work of milliseconds to seconds: keep it off
     // the async workers that serve the pipeline.
     let result = tokio::task::spawn_blocking(move || {
-        let candidate = LoadedModel::from_file(pmml_file(&body, Vec::new())?)?;
+        let file = if pmml {
+            pmml_file(&body, Vec::new())?
+        } else {
+            let format = detect_import_bytes(&body).ok_or_else(|| {
+                ModelError::Invalid(
+                    "the upload is neither an XGBoost JSON, a LightGBM text nor an ONNX model"
+                        .into(),
+                )
+            })?;
+            import_file(&body, format, Vec::new(), Vec::new())?
+        };
+        let candidate = LoadedModel::from_file(file)?;
         shared.store.replace(candidate)
     })
     .await;

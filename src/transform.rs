@@ -7,11 +7,13 @@
 use ndarray::Array2;
 use serde_json::value::RawValue;
 
+use crate::model::ensemble::Ensemble;
 use crate::model::forest::argmax_rows;
 use crate::model::pmml::{PmmlModel, Prediction};
 use crate::model::recommender::Request;
 use crate::model::{Forest, LoadedModel, Model, Recommender};
 use crate::record::decode::{decode_user_event, payload_text, FeatureDecoder, FeatureSchema};
+use crate::record::decode_ensemble::EnsembleDecoder;
 use crate::record::decode_pmml::PmmlDecoder;
 use crate::record::encode::{to_json, Classification, Items, RecommendationOut, RegressionOut};
 use crate::record::{Reason, Rejection, SourcePosition};
@@ -71,6 +73,7 @@ pub fn transform_batch_watched(
             recommend(model, recommender, inputs, max_record_bytes, watch)
         }
         Model::Pmml(pmml) => score_pmml(model, pmml, inputs, max_record_bytes, watch),
+        Model::Ensemble(e) => score_ensemble(model, e, inputs, max_record_bytes, watch),
     }
 }
 
@@ -152,7 +155,47 @@ fn score_pmml(
     }
     watch.rows(&matrix, n_features);
     watch.decoded();
-    let mut predictions = pmml.predict_rows(&matrix).into_iter();
+    let predictions = pmml.predict_rows(&matrix);
+    encode_predictions(model, inputs, decoded, predictions, watch)
+}
+
+/// An imported ensemble's batch: missing values go through to the model as NaN.
+fn score_ensemble(
+    model: &LoadedModel,
+    ensemble: &Ensemble,
+    inputs: &[Input<'_>],
+    max_bytes: usize,
+    watch: &mut impl Watch,
+) -> Vec<Outcome> {
+    let n_features = model.meta.features.len();
+    let mut decoder = EnsembleDecoder::new(&model.meta.features);
+    let mut matrix = Vec::with_capacity(inputs.len() * n_features);
+    let mut decoded: Vec<Result<Option<&RawValue>, Rejection>> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let start = matrix.len();
+        matrix.resize(start + n_features, f64::NAN);
+        let result = payload_text(input.payload, max_bytes)
+            .and_then(|text| decoder.decode(text, &mut matrix[start..]));
+        if result.is_err() {
+            matrix.truncate(start);
+        }
+        decoded.push(result);
+    }
+    watch.rows(&matrix, n_features);
+    watch.decoded();
+    let predictions = ensemble.predict_rows(&matrix);
+    encode_predictions(model, inputs, decoded, predictions, watch)
+}
+
+/// Predictions (one per decoded record, in order) and rejections back into input order.
+fn encode_predictions(
+    model: &LoadedModel,
+    inputs: &[Input<'_>],
+    decoded: Vec<Result<Option<&RawValue>, Rejection>>,
+    predictions: Vec<Prediction>,
+    watch: &mut impl Watch,
+) -> Vec<Outcome> {
+    let mut predictions = predictions.into_iter();
     decoded
         .into_iter()
         .zip(inputs)

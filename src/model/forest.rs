@@ -11,6 +11,7 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
+use super::mask::{self, BLOCK};
 use super::ModelError;
 
 /// One node of a tree as it is written in the model file.
@@ -52,33 +53,13 @@ struct FlatNode {
 /// Class weights in groups that one vector addition adds up.
 type Lanes = [f32; 4];
 
-/// Trees with at most this many leaves also get a mask form (one bit per leaf in a `u64`).
-const MAX_MASK_LEAVES: usize = 64;
-
-/// Rows that go through the mask form together, laid out feature-major so that testing one
-/// split on all of them is a handful of vector instructions.
-const BLOCK: usize = 8;
-
-/// A tree as a set of independent tests instead of a walk (the QuickScorer idea). Leaves
-/// are numbered left to right, and each split knows which leaves a row that fails its test
-/// can no longer reach: those of its left subtree. A row's leaf is the leftmost one that no
-/// failed test ruled out. That tests every split rather than one path, but the tests have
-/// no branches and do not wait on each other, so they vectorise and pipeline, where a walk
-/// is a chain of dependent loads that ends in a mispredicted branch.
+/// A tree as a set of independent tests instead of a walk (see `mask`).
 #[derive(Debug, Clone)]
 struct MaskTree {
     /// This tree's part of `Forest::splits`.
     splits: Range<usize>,
     /// This tree's part of `Forest::mask_probs`.
     probs: Range<usize>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct MaskSplit {
-    threshold: f64,
-    /// The leaves still reachable by a row that fails `value < threshold`.
-    keep: u64,
-    feature: u32,
 }
 
 /// The scoring form of a forest: every tree's nodes in one array.
@@ -93,9 +74,9 @@ pub struct Forest {
     /// lane is the same single addition that loop would do, so no sum changes by a bit.
     leaf_probs: Vec<Lanes>,
     lanes: usize,
-    /// Per tree, its mask form, if it has at most `MAX_MASK_LEAVES` leaves.
+    /// Per tree, its mask form, if it has at most `mask::MAX_LEAVES` leaves.
     masks: Vec<Option<MaskTree>>,
-    splits: Vec<MaskSplit>,
+    splits: Vec<mask::Split>,
     /// The distributions of each mask tree's leaves in left-to-right order, so that the
     /// leaf number is the index.
     mask_probs: Vec<Lanes>,
@@ -204,7 +185,20 @@ impl Forest {
             .map(|&root| {
                 tree_splits.clear();
                 leaves.clear();
-                add_mask_form(&nodes, root, &mut tree_splits, &mut leaves)?;
+                let shape = |at: u32| {
+                    let node = nodes[at as usize];
+                    if node.feature == LEAF {
+                        mask::Shape::Leaf(node.left)
+                    } else {
+                        mask::Shape::Split {
+                            threshold: node.threshold,
+                            feature: node.feature,
+                            yes: node.left,
+                            no: node.right,
+                        }
+                    }
+                };
+                mask::build(root, &shape, &mut tree_splits, &mut leaves)?;
                 let (first_split, first_prob) = (splits.len(), mask_probs.len());
                 splits.extend_from_slice(&tree_splits);
                 for &leaf in &leaves {
@@ -317,25 +311,7 @@ impl Forest {
     /// The leaf number each row of a feature-major block reaches in a mask tree.
     #[inline]
     fn mask_leaves(&self, tree: &MaskTree, block: &[f64]) -> [usize; BLOCK] {
-        let mut reachable = [u64::MAX; BLOCK];
-        for split in &self.splits[tree.splits.clone()] {
-            let at = split.feature as usize * BLOCK;
-            for (reachable, value) in reachable.iter_mut().zip(&block[at..at + BLOCK]) {
-                // All ones if `value < threshold`, from the sign of the difference: for the
-                // values `comparable` leaves and a finite threshold, the difference is
-                // negative exactly then. A comparison would do, but the compiler is apt to
-                // turn `if value < threshold` (or its mask) into a branch, and which way a
-                // row goes is as unpredictable as branches get.
-                let below = (*value - split.threshold).to_bits() as i64 >> 63;
-                *reachable &= split.keep | below as u64;
-            }
-        }
-        // A row's own leaf is never ruled out, so the lowest bit set is a leaf of the tree.
-        let mut leaves = [0; BLOCK];
-        for (leaf, reachable) in leaves.iter_mut().zip(reachable) {
-            *leaf = reachable.trailing_zeros() as usize;
-        }
-        leaves
+        mask::leaves(&self.splits[tree.splits.clone()], block)
     }
 
     /// Index into `leaf_probs` of the leaf a row reaches from `root`.
@@ -381,62 +357,9 @@ fn feature_major_blocks(
     let row = |r: usize| &values[r * stride..(r + 1) * stride];
     let mut blocks = Vec::with_capacity(n_rows * n_features);
     for first in (0..n_rows).step_by(BLOCK) {
-        for f in 0..n_features {
-            blocks.extend((first..first + BLOCK).map(|r| comparable(row(r)[f])));
-        }
+        mask::push_block(&mut blocks, n_features, |r| row(first + r));
     }
     blocks
-}
-
-/// A value that compares with every threshold as `value` does, and whose difference with a
-/// finite threshold is negative exactly when it is below it: NaN, below nothing, becomes
-/// +∞; -0, whose difference with 0 would be -0, becomes +0.
-fn comparable(value: f64) -> f64 {
-    if value.is_nan() {
-        f64::INFINITY
-    } else {
-        // x + 0 is x for every other x.
-        value + 0.0
-    }
-}
-
-/// Builds the mask form of the tree at `at` into empty `splits` (in any order) and `leaves`
-/// (offsets into `leaf_probs`, left to right); `None` if it has more than `MAX_MASK_LEAVES`
-/// leaves. A node reachable along two paths counts once per path, as a walk sees it. Every
-/// split is appended before its subtrees are visited, and a tree of at most 64 leaves has at
-/// most 63 splits, so the recursion stays shallow whatever the file holds.
-fn add_mask_form(
-    nodes: &[FlatNode],
-    at: u32,
-    splits: &mut Vec<MaskSplit>,
-    leaves: &mut Vec<u32>,
-) -> Option<()> {
-    let node = nodes[at as usize];
-    if node.feature == LEAF {
-        if leaves.len() == MAX_MASK_LEAVES {
-            return None;
-        }
-        leaves.push(node.left);
-        return Some(());
-    }
-    if splits.len() == MAX_MASK_LEAVES - 1 {
-        return None;
-    }
-    let slot = splits.len();
-    splits.push(MaskSplit {
-        threshold: node.threshold,
-        keep: u64::MAX,
-        feature: node.feature,
-    });
-    let first = leaves.len();
-    add_mask_form(nodes, node.left, splits, leaves)?;
-    splits[slot].keep = !(leaf_bits(leaves.len()) & !leaf_bits(first));
-    add_mask_form(nodes, node.right, splits, leaves)
-}
-
-/// The bits of leaves `0..n`, for `n <= 64`.
-fn leaf_bits(n: usize) -> u64 {
-    u64::MAX.checked_shr(64 - n as u32).unwrap_or(0)
 }
 
 /// Index of the largest probability in each row (the first one on ties).

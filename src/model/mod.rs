@@ -5,7 +5,10 @@
 //! content hash, re-checked on load, so a truncated or hand-edited file is refused rather
 //! than half-trusted.
 
+pub mod ensemble;
 pub mod forest;
+mod imports;
+mod mask;
 pub mod pmml;
 pub mod recommender;
 pub mod store;
@@ -19,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use forest::{Forest, ForestSpec};
+pub use imports::{
+    detect as detect_import, detect_bytes as detect_import_bytes, file as import_file,
+};
 pub use recommender::{Recommender, RecommenderSpec};
 pub use store::ModelStore;
 
@@ -54,6 +60,9 @@ pub enum ModelKind {
     RandomForest,
     MatrixFactorization,
     Pmml,
+    Xgboost,
+    Lightgbm,
+    Onnx,
 }
 
 impl fmt::Display for ModelKind {
@@ -62,6 +71,9 @@ impl fmt::Display for ModelKind {
             ModelKind::RandomForest => "random_forest",
             ModelKind::MatrixFactorization => "matrix_factorization",
             ModelKind::Pmml => "pmml",
+            ModelKind::Xgboost => "xgboost",
+            ModelKind::Lightgbm => "lightgbm",
+            ModelKind::Onnx => "onnx",
         })
     }
 }
@@ -88,6 +100,23 @@ pub enum ModelBody {
     RandomForest(ForestSpec),
     MatrixFactorization(RecommenderSpec),
     Pmml(PmmlSpec),
+    Xgboost(ImportedSpec),
+    Lightgbm(ImportedSpec),
+    Onnx(ImportedSpec),
+}
+
+/// An XGBoost, LightGBM or ONNX model kept as the library wrote it (text; an ONNX protobuf
+/// in base64), compiled again on every load, like a PMML document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportedSpec {
+    pub document: String,
+    /// Names records use for the model's input columns, in order; empty keeps the file's
+    /// (XGBoost's `feature_names`, LightGBM's, or `f0, f1, ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_names: Vec<String>,
+    /// Names for the classes, in the model's order; empty keeps the file's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
 }
 
 /// A PMML document kept as its text, so that loading compiles it again with whatever this
@@ -111,6 +140,9 @@ impl ModelBody {
             ModelBody::RandomForest(_) => ModelKind::RandomForest,
             ModelBody::MatrixFactorization(_) => ModelKind::MatrixFactorization,
             ModelBody::Pmml(_) => ModelKind::Pmml,
+            ModelBody::Xgboost(_) => ModelKind::Xgboost,
+            ModelBody::Lightgbm(_) => ModelKind::Lightgbm,
+            ModelBody::Onnx(_) => ModelKind::Onnx,
         }
     }
 }
@@ -206,6 +238,9 @@ fn content_version(
         ModelKind::RandomForest => "rf",
         ModelKind::MatrixFactorization => "mf",
         ModelKind::Pmml => "pm",
+        ModelKind::Xgboost => "xg",
+        ModelKind::Lightgbm => "lg",
+        ModelKind::Onnx => "ox",
     };
     let mut hasher = Sha256::new();
     // Serialising plain data to a Vec cannot fail: no maps with non-string keys, no I/O.
@@ -279,7 +314,10 @@ fn validate_values(body: &ModelBody) -> Result<(), ModelError> {
                 }
             }
         }
-        ModelBody::Pmml(_) => {}
+        ModelBody::Pmml(_)
+        | ModelBody::Xgboost(_)
+        | ModelBody::Lightgbm(_)
+        | ModelBody::Onnx(_) => {}
         ModelBody::MatrixFactorization(spec) => {
             let too_large = spec
                 .user_factors
@@ -318,6 +356,8 @@ pub enum Model {
     Forest(Forest),
     Recommender(Recommender),
     Pmml(Box<pmml::PmmlModel>),
+    /// An imported XGBoost, LightGBM or ONNX tree ensemble.
+    Ensemble(Box<ensemble::Ensemble>),
 }
 
 impl LoadedModel {
@@ -348,6 +388,23 @@ impl LoadedModel {
                 loaded_at_ms,
             });
         }
+        if let Some((spec, format)) = imported(&file.body) {
+            let model = imports::compile(spec, format)?;
+            let meta = imports::meta(&model, file.meta.params.clone())?;
+            if meta.features != file.meta.features || meta.classes != file.meta.classes {
+                return Err(ModelError::Invalid(
+                    "the file's features or classes are not its imported model's".into(),
+                ));
+            }
+            return Ok(Self {
+                version: file.version,
+                created_at: file.created_at,
+                meta,
+                model: Model::Ensemble(Box::new(model)),
+                reference,
+                loaded_at_ms,
+            });
+        }
         validate_names(&file.meta)?;
         validate_values(&file.body)?;
         let model = match &file.body {
@@ -364,7 +421,10 @@ impl LoadedModel {
                 )?)
             }
             ModelBody::MatrixFactorization(spec) => Model::Recommender(Recommender::compile(spec)?),
-            ModelBody::Pmml(_) => unreachable!("handled above"),
+            ModelBody::Pmml(_)
+            | ModelBody::Xgboost(_)
+            | ModelBody::Lightgbm(_)
+            | ModelBody::Onnx(_) => unreachable!("handled above"),
         };
         Ok(Self {
             version: file.version,
@@ -390,14 +450,22 @@ impl LoadedModel {
         if by_extension || pmml::looks_like_pmml(&bytes) {
             return Self::from_file(pmml_file(&bytes, Vec::new())?);
         }
+        if let Some(format) = imports::detect(path, &bytes) {
+            return Self::from_file(imports::file(&bytes, format, Vec::new(), Vec::new())?);
+        }
         Self::from_file(ModelFile::from_json(&bytes)?)
     }
 
     pub fn kind(&self) -> ModelKind {
-        match self.model {
+        match &self.model {
             Model::Forest(_) => ModelKind::RandomForest,
             Model::Recommender(_) => ModelKind::MatrixFactorization,
             Model::Pmml(_) => ModelKind::Pmml,
+            Model::Ensemble(e) => match e.format {
+                ensemble::Format::Xgboost => ModelKind::Xgboost,
+                ensemble::Format::Lightgbm => ModelKind::Lightgbm,
+                ensemble::Format::Onnx => ModelKind::Onnx,
+            },
         }
     }
 
@@ -425,6 +493,11 @@ impl LoadedModel {
                 "fast_kernel_trees": m.n_trees(),
             }),
             Model::Recommender(r) => r.describe(),
+            Model::Ensemble(e) => serde_json::json!({
+                "function": if e.is_classification() { "classification" } else { "regression" },
+                "trees": e.n_trees(),
+                "source": e.summary,
+            }),
         };
         if let (Some(doc), serde_json::Value::Object(extra)) = (doc.as_object_mut(), detail) {
             doc.extend(extra);
@@ -470,6 +543,16 @@ pub fn pmml_file_renamed(
     });
     let meta = pmml_meta(&model, &spec, params)?;
     Ok(ModelFile::new(meta, ModelBody::Pmml(spec)))
+}
+
+/// The imported-ensemble body of a file, if it is one, and its library.
+fn imported(body: &ModelBody) -> Option<(&ImportedSpec, ensemble::Format)> {
+    match body {
+        ModelBody::Xgboost(s) => Some((s, ensemble::Format::Xgboost)),
+        ModelBody::Lightgbm(s) => Some((s, ensemble::Format::Lightgbm)),
+        ModelBody::Onnx(s) => Some((s, ensemble::Format::Onnx)),
+        _ => None,
+    }
 }
 
 fn compile_pmml(spec: &PmmlSpec) -> Result<pmml::PmmlModel, ModelError> {

@@ -1,6 +1,7 @@
 //! Record schemas: what the service reads, what it writes, and why it refuses a record.
 
 pub mod decode;
+pub mod decode_ensemble;
 pub mod decode_pmml;
 pub mod encode;
 pub mod trace;

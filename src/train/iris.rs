@@ -344,7 +344,7 @@ mod tests {
     fn probabilities(file: &ModelFile, data: &LabelledData) -> Array2<f32> {
         match LoadedModel::from_file(file.clone()).unwrap().model {
             Model::Forest(f) => f.predict_proba(data.records.view()),
-            Model::Recommender(_) | Model::Pmml(_) => unreachable!(),
+            Model::Recommender(_) | Model::Pmml(_) | Model::Ensemble(_) => unreachable!(),
         }
     }
 

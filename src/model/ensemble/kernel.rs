@@ -1,0 +1,449 @@
+//! The fast form of an imported ensemble.
+//!
+//! A tree of depth ≤ `MAX_PERFECT_DEPTH` is laid out as a perfect binary tree in level order
+//! (a leaf above the bottom fills every bottom slot of its subtree, so the filler nodes
+//! below it may go either way): finding a leaf is `depth` steps of `i = 2i + 1 + no` with no
+//! data-dependent branch, done for a block of rows at once so that their independent steps
+//! overlap. Deeper trees (LightGBM's leaf-wise trees can be) are walked node by node.
+//! A tree of at most 64 leaves also has the native forest's leaf-bitmask form (`mask`),
+//! which scores blocks of rows with no missing value: every split is then `x < threshold`
+//! on the prepared value, the same test the other forms make. Rows with a missing value
+//! take the level-order or walking form, which handle the library's missing-value rules.
+//! Each row's accumulators start at the base score and take the leaves' weights tree by
+//! tree, in the library's precision: the same additions in the same order as the library.
+
+use std::ops::Range;
+
+use super::{Ensemble, Node};
+use crate::model::mask;
+
+const MAX_PERFECT_DEPTH: usize = 10;
+const BLOCK: usize = mask::BLOCK;
+/// Rows a tree sees before the next tree is loaded.
+const TILE: usize = 64;
+const SPECIAL_YES: u32 = 1;
+const ZERO_SPECIAL: u32 = 2;
+const LEAF: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Step {
+    threshold: f64,
+    feature: u32,
+    flags: u32,
+}
+
+impl Step {
+    /// Whether a value goes to the `yes` side.
+    #[inline(always)]
+    fn yes(self, x: f64) -> bool {
+        // Bitwise, not `if`: the comparison's outcome is as good as random, and a branch on
+        // it would be mispredicted half the time.
+        let special = x.is_nan() | ((x == 0.0) & (self.flags & ZERO_SPECIAL != 0));
+        (special & (self.flags & SPECIAL_YES != 0)) | (!special & (x < self.threshold))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WalkNode {
+    step: Step,
+    /// `LEAF` for a leaf, whose id is then `no`.
+    yes: u32,
+    no: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    Perfect { depth: u32, steps: u32, slots: u32 },
+    Walk { root: u32 },
+}
+
+#[derive(Debug)]
+pub struct Kernel {
+    layouts: Vec<Layout>,
+    steps: Vec<Step>,
+    /// Bottom slots of perfect trees: the leaf each one is.
+    slots: Vec<u32>,
+    walk: Vec<WalkNode>,
+    /// Per tree, its range in `mask_splits` and `mask_leaves`, if it has a mask form.
+    masks: Vec<Option<(Range<usize>, Range<usize>)>>,
+    mask_splits: Vec<mask::Split>,
+    /// Leaf ids of the mask trees' leaves, left to right.
+    mask_leaves: Vec<u32>,
+    /// Per leaf id, its range in `weights`.
+    leaves: Vec<(u32, u32)>,
+    weights: Vec<(u32, f64)>,
+    single_precision: bool,
+    /// Some split treats zero as missing (LightGBM's missing type Zero).
+    zero_special: bool,
+}
+
+/// The two accumulator precisions.
+trait Acc: Copy {
+    fn of(v: f64) -> Self;
+    fn add(&mut self, w: f64);
+    fn get(self) -> f64;
+}
+
+impl Acc for f32 {
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn add(&mut self, w: f64) {
+        *self += w as f32;
+    }
+    #[inline(always)]
+    fn get(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Acc for f64 {
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn add(&mut self, w: f64) {
+        *self += w;
+    }
+    #[inline(always)]
+    fn get(self) -> f64 {
+        self
+    }
+}
+
+impl Kernel {
+    pub fn compile(e: &Ensemble) -> Self {
+        let mut k = Kernel {
+            layouts: Vec::with_capacity(e.trees.len()),
+            steps: Vec::new(),
+            slots: Vec::new(),
+            walk: Vec::new(),
+            masks: Vec::with_capacity(e.trees.len()),
+            mask_splits: Vec::new(),
+            mask_leaves: Vec::new(),
+            leaves: Vec::new(),
+            weights: Vec::new(),
+            single_precision: e.format.single_precision(),
+            zero_special: e.trees.iter().any(|t| {
+                t.nodes.iter().any(|n| {
+                    matches!(
+                        n,
+                        Node::Split {
+                            zero_special: true,
+                            ..
+                        }
+                    )
+                })
+            }),
+        };
+        for tree in &e.trees {
+            // Leaf ids of this tree's nodes.
+            let mut leaf_of = vec![0u32; tree.nodes.len()];
+            for (i, node) in tree.nodes.iter().enumerate() {
+                if let Node::Leaf { weights } = node {
+                    leaf_of[i] = k.leaves.len() as u32;
+                    let start = k.weights.len() as u32;
+                    k.weights.extend_from_slice(weights);
+                    k.leaves.push((start, k.weights.len() as u32));
+                }
+            }
+            let shape = |at: u32| match &tree.nodes[at as usize] {
+                Node::Leaf { .. } => mask::Shape::Leaf(leaf_of[at as usize]),
+                Node::Split {
+                    feature,
+                    threshold,
+                    yes,
+                    no,
+                    ..
+                } => mask::Shape::Split {
+                    threshold: *threshold,
+                    feature: *feature,
+                    yes: *yes,
+                    no: *no,
+                },
+            };
+            // `build` numbers leaves from the start of the vectors it is given.
+            let (mut splits, mut leaves) = (Vec::new(), Vec::new());
+            k.masks.push(
+                mask::build(tree.root, &shape, &mut splits, &mut leaves).map(|()| {
+                    let (s, l) = (k.mask_splits.len(), k.mask_leaves.len());
+                    k.mask_splits.extend_from_slice(&splits);
+                    k.mask_leaves.extend_from_slice(&leaves);
+                    (s..k.mask_splits.len(), l..k.mask_leaves.len())
+                }),
+            );
+            let depth = depth(tree);
+            // A sparse deep tree (a chain, say) would be mostly filler: a file could make the
+            // layout hundreds of times its own size. Such trees are walked.
+            if depth <= MAX_PERFECT_DEPTH && (1usize << depth) <= 16 * tree.nodes.len() {
+                let steps = k.steps.len();
+                let slots = k.slots.len();
+                k.steps
+                    .resize(steps + (1usize << depth) - 1, Step::default());
+                k.slots.resize(slots + (1usize << depth), 0);
+                let mut stack = vec![(tree.root as usize, 0usize, 0usize)];
+                while let Some((i, level, p)) = stack.pop() {
+                    match &tree.nodes[i] {
+                        Node::Leaf { .. } => {
+                            let shift = depth - level;
+                            for s in (p << shift)..((p + 1) << shift) {
+                                k.slots[slots + s] = leaf_of[i];
+                            }
+                        }
+                        Node::Split { yes, no, .. } => {
+                            k.steps[steps + (1 << level) - 1 + p] = step(&tree.nodes[i]);
+                            stack.push((*yes as usize, level + 1, 2 * p));
+                            stack.push((*no as usize, level + 1, 2 * p + 1));
+                        }
+                    }
+                }
+                k.layouts.push(Layout::Perfect {
+                    depth: depth as u32,
+                    steps: steps as u32,
+                    slots: slots as u32,
+                });
+            } else {
+                let offset = k.walk.len() as u32;
+                for (i, node) in tree.nodes.iter().enumerate() {
+                    k.walk.push(match node {
+                        Node::Leaf { .. } => WalkNode {
+                            step: Step::default(),
+                            yes: LEAF,
+                            no: leaf_of[i],
+                        },
+                        Node::Split { yes, no, .. } => WalkNode {
+                            step: step(node),
+                            yes: offset + yes,
+                            no: offset + no,
+                        },
+                    });
+                }
+                k.layouts.push(Layout::Walk {
+                    root: offset + tree.root,
+                });
+            }
+        }
+        k
+    }
+
+    #[cfg(test)]
+    pub fn n_masked(&self) -> usize {
+        self.masks.iter().filter(|m| m.is_some()).count()
+    }
+
+    /// Each row's accumulators after every tree (`n_outputs` per row, row-major).
+    pub fn sums(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        let (nf, width) = (e.features.len(), e.n_outputs);
+        let n = rows.len() / nf;
+        let special: Vec<bool> = rows.chunks_exact(nf).map(|r| !self.plain(r)).collect();
+        let n_special = special.iter().filter(|s| **s).count();
+        if n_special == 0 || n_special == n {
+            return self.run_in_precision(e, rows);
+        }
+        // Rows with a missing value grouped after the others, so that the blocks of complete
+        // rows take the plain steps; each row's sums are its own, so order is free.
+        let order: Vec<usize> = (0..n)
+            .filter(|r| !special[*r])
+            .chain((0..n).filter(|r| special[*r]))
+            .collect();
+        let permuted: Vec<f64> = order
+            .iter()
+            .flat_map(|r| rows[r * nf..(r + 1) * nf].iter().copied())
+            .collect();
+        let sums = self.run_in_precision(e, &permuted);
+        let mut out = vec![0.0; n * width];
+        for (i, r) in order.into_iter().enumerate() {
+            out[r * width..(r + 1) * width].copy_from_slice(&sums[i * width..(i + 1) * width]);
+        }
+        out
+    }
+
+    fn run_in_precision(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        if self.single_precision {
+            self.run::<f32>(e, rows)
+        } else {
+            self.run::<f64>(e, rows)
+        }
+    }
+
+    fn run<A: Acc>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        let nf = e.features.len();
+        let width = e.n_outputs;
+        let n_rows = rows.len() / nf;
+        let base: Vec<A> = e.base.iter().map(|b| A::of(*b)).collect();
+        let mut acc: Vec<A> = Vec::with_capacity(n_rows * width);
+        for _ in 0..n_rows {
+            acc.extend_from_slice(&base);
+        }
+        // Tiles of rows go through every tree in turn: a tree's steps stay in L1 while the
+        // tile's rows pass, and each row still takes the trees in order.
+        for (tile, tile_acc) in rows.chunks(TILE * nf).zip(acc.chunks_mut(TILE * width)) {
+            let full = tile.len() / nf / BLOCK * BLOCK;
+            let plain: Vec<bool> = tile[..full * nf]
+                .chunks_exact(BLOCK * nf)
+                .map(|block| self.plain(block))
+                .collect();
+            // The plain blocks feature-major, for the mask forms (others are left zero).
+            let mut major = Vec::with_capacity(full * nf);
+            for (block, plain) in tile[..full * nf].chunks_exact(BLOCK * nf).zip(&plain) {
+                if *plain {
+                    mask::push_block(&mut major, nf, |r| &block[r * nf..(r + 1) * nf]);
+                } else {
+                    major.resize(major.len() + BLOCK * nf, 0.0);
+                }
+            }
+            for (layout, masked) in self.layouts.iter().zip(&self.masks) {
+                for (((block, major), sums), plain) in tile[..full * nf]
+                    .chunks_exact(BLOCK * nf)
+                    .zip(major.chunks_exact(BLOCK * nf))
+                    .zip(tile_acc.chunks_exact_mut(BLOCK * width))
+                    .zip(&plain)
+                {
+                    let leaves = match (*layout, masked) {
+                        (_, Some((splits, leaves))) if *plain => {
+                            let ids = &self.mask_leaves[leaves.clone()];
+                            mask::leaves(&self.mask_splits[splits.clone()], major)
+                                .map(|leaf| ids[leaf])
+                        }
+                        (
+                            Layout::Perfect {
+                                depth,
+                                steps,
+                                slots,
+                            },
+                            _,
+                        ) if *plain => self.perfect_block::<true>(block, nf, depth, steps, slots),
+                        (
+                            Layout::Perfect {
+                                depth,
+                                steps,
+                                slots,
+                            },
+                            _,
+                        ) => self.perfect_block::<false>(block, nf, depth, steps, slots),
+                        (Layout::Walk { root }, _) => {
+                            std::array::from_fn(|r| self.walk(root, &block[r * nf..(r + 1) * nf]))
+                        }
+                    };
+                    for (r, leaf) in leaves.into_iter().enumerate() {
+                        self.add(leaf, &mut sums[r * width..(r + 1) * width]);
+                    }
+                }
+                for (row, sums) in tile[full * nf..]
+                    .chunks_exact(nf)
+                    .zip(tile_acc[full * width..].chunks_exact_mut(width))
+                {
+                    let leaf = match *layout {
+                        Layout::Perfect {
+                            depth,
+                            steps,
+                            slots,
+                        } => {
+                            let mut i = 0usize;
+                            for _ in 0..depth {
+                                let s = self.steps[steps as usize + i];
+                                i = 2 * i + 2 - usize::from(s.yes(row[s.feature as usize]));
+                            }
+                            self.slots[slots as usize + i - ((1usize << depth) - 1)]
+                        }
+                        Layout::Walk { root } => self.walk(root, row),
+                    };
+                    self.add(leaf, sums);
+                }
+            }
+        }
+        acc.into_iter().map(A::get).collect()
+    }
+
+    /// Whether no value of the block takes a split's special branch (no NaN, and no zero
+    /// when some split treats zero as missing): then every split is just `x < threshold`.
+    #[inline]
+    fn plain(&self, block: &[f64]) -> bool {
+        if self.zero_special {
+            block.iter().all(|x| !x.is_nan() && *x != 0.0)
+        } else {
+            block.iter().all(|x| !x.is_nan())
+        }
+    }
+
+    #[inline(always)]
+    fn perfect_block<const PLAIN: bool>(
+        &self,
+        block: &[f64],
+        nf: usize,
+        depth: u32,
+        steps: u32,
+        slots: u32,
+    ) -> [u32; BLOCK] {
+        let steps = &self.steps[steps as usize..];
+        let mut at = [0usize; BLOCK];
+        for _ in 0..depth {
+            for (r, i) in at.iter_mut().enumerate() {
+                let s = steps[*i];
+                let x = block[r * nf + s.feature as usize];
+                let yes = if PLAIN { x < s.threshold } else { s.yes(x) };
+                *i = 2 * *i + 2 - usize::from(yes);
+            }
+        }
+        let first = (1usize << depth) - 1;
+        let slots = &self.slots[slots as usize..];
+        at.map(|i| slots[i - first])
+    }
+
+    #[inline]
+    fn walk(&self, root: u32, row: &[f64]) -> u32 {
+        let mut node = self.walk[root as usize];
+        while node.yes != LEAF {
+            let next = if node.step.yes(row[node.step.feature as usize]) {
+                node.yes
+            } else {
+                node.no
+            };
+            node = self.walk[next as usize];
+        }
+        node.no
+    }
+
+    #[inline(always)]
+    fn add<A: Acc>(&self, leaf: u32, sums: &mut [A]) {
+        let (start, end) = self.leaves[leaf as usize];
+        for &(o, w) in &self.weights[start as usize..end as usize] {
+            sums[o as usize].add(w);
+        }
+    }
+}
+
+fn step(node: &Node) -> Step {
+    match node {
+        Node::Split {
+            feature,
+            threshold,
+            special_yes,
+            zero_special,
+            ..
+        } => Step {
+            threshold: *threshold,
+            feature: *feature,
+            flags: (u32::from(*special_yes) * SPECIAL_YES)
+                | (u32::from(*zero_special) * ZERO_SPECIAL),
+        },
+        Node::Leaf { .. } => Step::default(),
+    }
+}
+
+/// Depth of a validated tree (every node reached once from the root).
+fn depth(tree: &super::Tree) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(tree.root as usize, 0usize)];
+    while let Some((i, d)) = stack.pop() {
+        max = max.max(d);
+        if let Node::Split { yes, no, .. } = &tree.nodes[i] {
+            stack.push((*yes as usize, d + 1));
+            stack.push((*no as usize, d + 1));
+        }
+    }
+    max
+}
