@@ -101,6 +101,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         admin_token: std::env::var(service::ADMIN_TOKEN_ENV)
             .ok()
             .filter(|t| !t.is_empty()),
+        feedback: None,
     })
     .await?;
     println!(

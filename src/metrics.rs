@@ -24,7 +24,7 @@ pub struct Metrics {
     pub last_commit: prometheus::Gauge,
 }
 
-fn register<T: Collector + Clone + 'static>(
+pub(crate) fn register<T: Collector + Clone + 'static>(
     registry: &Registry,
     metric: prometheus::Result<T>,
 ) -> T {
@@ -160,6 +160,11 @@ impl Metrics {
         m.reloads.with_label_values(&["ok"]);
         m.reloads.with_label_values(&["failed"]);
         m
+    }
+
+    /// The registry, for metrics of optional parts (the online learner) to join.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn set_model(&self, kind: &str, version: &str) {

@@ -9,8 +9,9 @@ use serde_json::value::RawValue;
 
 use crate::model::forest::argmax_rows;
 use crate::model::pmml::{PmmlModel, Prediction};
-use crate::model::recommender::Request;
+use crate::model::recommender::{Request, UserOverride};
 use crate::model::{Forest, LoadedModel, Model, Recommender};
+use crate::online::Overlay;
 use crate::record::decode::{decode_user_event, payload_text, FeatureDecoder, FeatureSchema};
 use crate::record::decode_pmml::PmmlDecoder;
 use crate::record::encode::{to_json, Classification, Items, RecommendationOut, RegressionOut};
@@ -35,9 +36,22 @@ pub fn transform_batch(
     inputs: &[Input<'_>],
     max_record_bytes: usize,
 ) -> Vec<Outcome> {
+    transform_batch_with(model, None, inputs, max_record_bytes)
+}
+
+/// `transform_batch`, with what the recommender learned online (`crate::online`) layered
+/// over the model for the users it knows about.
+pub fn transform_batch_with(
+    model: &LoadedModel,
+    overlay: Option<&Overlay>,
+    inputs: &[Input<'_>],
+    max_record_bytes: usize,
+) -> Vec<Outcome> {
     match &model.model {
         Model::Forest(forest) => classify(model, forest, inputs, max_record_bytes),
-        Model::Recommender(recommender) => recommend(model, recommender, inputs, max_record_bytes),
+        Model::Recommender(recommender) => {
+            recommend(model, recommender, overlay, inputs, max_record_bytes)
+        }
         Model::Pmml(pmml) => score_pmml(model, pmml, inputs, max_record_bytes),
     }
 }
@@ -154,6 +168,7 @@ fn score_pmml(
 fn recommend(
     model: &LoadedModel,
     recommender: &Recommender,
+    overlay: Option<&Overlay>,
     inputs: &[Input<'_>],
     max_bytes: usize,
 ) -> Vec<Outcome> {
@@ -166,7 +181,25 @@ fn recommend(
         .filter_map(|r| r.as_ref().ok())
         .map(|e| Request { uid: e.uid, n: e.n })
         .collect();
-    let mut recommendations = recommender.recommend_batch(&requests).into_iter();
+    let learned = overlay.map_or_else(Vec::new, |o| o.lookup(requests.iter().map(|r| r.uid)));
+    let overrides: Vec<Option<UserOverride<'_>>> = learned
+        .iter()
+        .map(|l| {
+            l.as_deref().map(|l| UserOverride {
+                // Factors solved against another model (a reload the feedback thread has
+                // not caught up with) would score nonsense; what the user saw still holds.
+                learned: l
+                    .solved
+                    .as_ref()
+                    .filter(|_| *l.model_version == *model.version)
+                    .map(|s| (s.bias, &s.factors[..])),
+                seen: &l.seen,
+            })
+        })
+        .collect();
+    let mut recommendations = recommender
+        .recommend_batch_with(&requests, &overrides)
+        .into_iter();
     decoded
         .into_iter()
         .zip(inputs)

@@ -17,7 +17,7 @@ use super::sink::Sink;
 use super::source::Consumer;
 use super::{inputs_of, PipelineConfig, Stop};
 use crate::service::state::ServiceState;
-use crate::transform::transform_batch;
+use crate::transform::transform_batch_with;
 
 /// How often a wait for a free in-flight slot checks whether it should give up.
 const SLOT_POLL: Duration = Duration::from_millis(50);
@@ -57,8 +57,12 @@ pub fn run(
     let scoring = (|| {
         while let Some(batch) = batcher.next(&**consumer, give_up) {
             let model = state.store.current();
-            let outcomes =
-                transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
+            let outcomes = transform_batch_with(
+                &model,
+                state.overlay(),
+                &inputs_of(&batch.records),
+                config.max_record_bytes,
+            );
             let Some(slot) = in_flight.acquire(SLOT_POLL, give_up) else {
                 break;
             };

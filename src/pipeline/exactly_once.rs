@@ -12,7 +12,7 @@ use super::source::Consumer;
 use super::transaction::{self, BatchResult, KafkaTransactions};
 use super::{inputs_of, PipelineConfig, Stop};
 use crate::service::state::ServiceState;
-use crate::transform::transform_batch;
+use crate::transform::transform_batch_with;
 
 pub fn run(
     config: &PipelineConfig,
@@ -32,7 +32,12 @@ pub fn run(
     let give_up = || stop.requested();
     while let Some(batch) = batcher.next(consumer, give_up) {
         let model = state.store.current();
-        let outcomes = transform_batch(&model, &inputs_of(&batch.records), config.max_record_bytes);
+        let outcomes = transform_batch_with(
+            &model,
+            state.overlay(),
+            &inputs_of(&batch.records),
+            config.max_record_bytes,
+        );
         let acks = Arc::new(BatchAcks::new(batch.records.len()));
         let (result, destinations) =
             transaction::run_batch(&txn, &config.input_topic, &batch.records, || {

@@ -5,18 +5,21 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::model::{LoadedModel, ModelError, ModelStore};
+use crate::online::Overlay;
 
 pub struct ServiceState {
     pub store: ModelStore,
     pub metrics: Metrics,
     pub assignment: Assignment,
     pub health: Health,
+    /// What the recommender learned from feedback, when `--feedback-topic` is set.
+    pub online: OnceLock<Arc<Overlay>>,
 }
 
 impl ServiceState {
@@ -29,7 +32,13 @@ impl ServiceState {
             metrics,
             assignment: Assignment::default(),
             health: Health::default(),
+            online: OnceLock::new(),
         })
+    }
+
+    /// The learned-users overlay scoring consults, if online learning is on.
+    pub fn overlay(&self) -> Option<&Overlay> {
+        self.online.get().map(|o| &**o)
     }
 
     /// Reloads the model (the configured file, or `path` in its directory) and records the

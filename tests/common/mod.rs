@@ -152,6 +152,7 @@ impl TestBroker {
             allow_kind_change: false,
             http_addr: "127.0.0.1:0".parse().expect("loopback address"),
             admin_token: admin_token.map(str::to_owned),
+            feedback: None,
         })
         .await
         .expect("service starts")
