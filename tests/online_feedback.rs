@@ -84,7 +84,10 @@ async fn rated_items_leave_the_list_and_a_new_user_gets_a_personal_one() {
             .get() as usize
     };
     while count("applied") < events.len() - 1 || count("rejected") < 1 {
-        assert!(std::time::Instant::now() < deadline, "feedback not applied in time");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "feedback not applied in time"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -123,7 +126,10 @@ async fn rated_items_leave_the_list_and_a_new_user_gets_a_personal_one() {
         "streamscore_online_users_folded_in_total 15",
         "streamscore_feedback_events_total{result=\"rejected\"} 1",
     ] {
-        assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
     }
     assert!(metrics.contains("streamscore_checkpoint_bytes"));
     // The final checkpoint holds both users and every offset.
@@ -149,10 +155,20 @@ fn spawn_learner(
     std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
         .args(["serve", "--model"])
         .arg(repo_path(MODEL))
-        .args(["--http-addr", "127.0.0.1:0", "--feedback-topic", feedback_topic])
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--feedback-topic",
+            feedback_topic,
+        ])
         .arg("--state-dir")
         .arg(state_dir)
-        .args(["--checkpoint-interval", "100ms", "-X", "fetch.wait.max.ms=10"])
+        .args([
+            "--checkpoint-interval",
+            "100ms",
+            "-X",
+            "fetch.wait.max.ms=10",
+        ])
         .env("STREAMSCORE_BROKERS", &broker.brokers)
         .env("STREAMSCORE_INPUT_TOPIC", &topics.input)
         .env("STREAMSCORE_OUTPUT_TOPIC", &topics.output)
@@ -222,9 +238,17 @@ async fn a_sigkill_mid_stream_and_a_restart_give_the_state_of_a_run_without_it()
     // Mostly new users (cheap solves in a debug build), some known ones, some implicit.
     let events: Vec<Input> = (0..600)
         .map(|i: i64| {
-            let uid = if i % 30 == 0 { 1 + i % 7 } else { 5_000_000 + i % 40 };
+            let uid = if i % 30 == 0 {
+                1 + i % 7
+            } else {
+                5_000_000 + i % 40
+            };
             let item = 1 + (i * 37) % 1600;
-            feedback(uid, item, (i % 6 != 0).then_some(1.0 + (i % 9) as f32 * 0.5))
+            feedback(
+                uid,
+                item,
+                (i % 6 != 0).then_some(1.0 + (i % 9) as f32 * 0.5),
+            )
         })
         .collect();
     let (first, rest) = events.split_at(400);
@@ -266,6 +290,9 @@ async fn a_sigkill_mid_stream_and_a_restart_give_the_state_of_a_run_without_it()
     wait_for_checkpoint(killed_dir.path(), total, Duration::from_secs(120)).await;
     terminate(restarted);
     let got = read_checkpoint(killed_dir.path()).expect("restarted checkpoint");
-    assert_eq!(got.applied, total as u64, "nothing applied twice, nothing lost");
+    assert_eq!(
+        got.applied, total as u64,
+        "nothing applied twice, nothing lost"
+    );
     assert_eq!(comparable(got), comparable(want));
 }

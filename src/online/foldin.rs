@@ -14,10 +14,10 @@
 //!   add to it: `A = A₀ + Σ_new z_i z_iᵀ`, `c = A₀ x₀ + Σ_new z_i (r_i − μ − b_i)`. With no
 //!   new ratings the answer is `x₀` itself: folding in never moves a user without evidence.
 //!
-//! One user costs `O(k² · ratings)` to build `A` and `O(k³)` to factor it (Cholesky); `k`
-//! is small, so a hand-written Cholesky on an `ndarray` matrix in `f64` is enough and brings
-//! no BLAS. The sums run in a canonical order (ascending item index), so the same ratings
-//! give bit-identical factors however their events arrived.
+//! One user costs `O(k² · ratings)` to build `A` (one Gram product `ZᵀZ` by ndarray's
+//! matrix multiply, no BLAS needed) and `O(k³)` to factor it: `k` is small, so a
+//! hand-written Cholesky in `f64` is enough. The rows run in a canonical order (ascending
+//! item index), so the same ratings give bit-identical factors however their events arrived.
 
 use ndarray::{Array1, Array2};
 
@@ -53,47 +53,42 @@ pub fn solve_user(
     evidence: &[Evidence],
     reg: f64,
 ) -> Result<Solved, SolveError> {
-    let k = model.factors();
-    let d = k + 1;
-    let mut a = Array2::<f64>::zeros((d, d));
-    let mut c = Array1::<f64>::zeros(d);
-    let mut z = vec![0f64; d];
-    let load = |i: u32, z: &mut [f64]| {
-        z[0] = 1.0;
-        for (zf, q) in z[1..].iter_mut().zip(model.item_factors(i)) {
+    let d = model.factors() + 1;
+    // Rows `z_i`: first the training items (a known user's prior), then the new evidence.
+    let trained = known.map_or(&[][..], |u| model.rated_of(u));
+    let rows = trained.len() + evidence.len();
+    let mut z = Array2::<f64>::zeros((rows, d));
+    let items = trained
+        .iter()
+        .copied()
+        .chain(evidence.iter().map(|e| e.item));
+    for (mut row, i) in z.rows_mut().into_iter().zip(items) {
+        row[0] = 1.0;
+        for (zf, q) in row.iter_mut().skip(1).zip(model.item_factors(i)) {
             *zf = f64::from(*q);
         }
-    };
-    for f in 0..d {
-        a[[f, f]] = reg;
     }
+    // The O(k² · ratings) part is one Gram product, done by ndarray's matrix multiply.
+    let mut a = z.t().dot(&z);
+    for f in 0..d {
+        a[[f, f]] += reg;
+    }
+    let targets: Array1<f64> = evidence
+        .iter()
+        .map(|e| f64::from(e.rating) - f64::from(model.item_base(e.item)))
+        .collect();
+    let new_rows = z.slice(ndarray::s![trained.len().., ..]);
+    let mut c = new_rows.t().dot(&targets);
     if let Some(u) = known {
-        for &i in model.rated_of(u) {
-            load(i, &mut z);
-            add_outer(&mut a, &z);
-        }
+        // c += A₀ x₀ = λ x₀ + Z₀ᵀ (Z₀ x₀).
         let (bias, factors) = model.user_params(u);
-        let x0: Vec<f64> = std::iter::once(bias)
+        let x0: Array1<f64> = std::iter::once(bias)
             .chain(factors.iter().copied())
             .map(f64::from)
             .collect();
-        // A₀ is only filled in its lower triangle so far (`add_outer`).
-        for r in 0..d {
-            let mut sum = 0.0;
-            for col in 0..d {
-                let v = if col <= r { a[[r, col]] } else { a[[col, r]] };
-                sum += v * x0[col];
-            }
-            c[r] = sum;
-        }
-    }
-    for e in evidence {
-        load(e.item, &mut z);
-        add_outer(&mut a, &z);
-        let target = f64::from(e.rating) - f64::from(model.item_base(e.item));
-        for (cf, zf) in c.iter_mut().zip(&z) {
-            *cf += zf * target;
-        }
+        let z0 = z.slice(ndarray::s![..trained.len(), ..]);
+        c += &z0.t().dot(&z0.dot(&x0));
+        c.scaled_add(reg, &x0);
     }
     let x = cholesky_solve(a, c)?;
     let solved = Solved {
@@ -106,56 +101,67 @@ pub fn solve_user(
     Ok(solved)
 }
 
-/// `A += z zᵀ`, lower triangle only (the solver reads no other).
-fn add_outer(a: &mut Array2<f64>, z: &[f64]) {
-    for (r, &zr) in z.iter().enumerate() {
-        let mut row = a.row_mut(r);
-        for (col, &zc) in z[..=r].iter().enumerate() {
-            row[col] += zr * zc;
-        }
-    }
-}
-
-/// Solves `A x = c` for symmetric positive-definite `A` given by its lower triangle:
-/// `A = L Lᵀ` in place, then forward and back substitution.
-pub fn cholesky_solve(mut a: Array2<f64>, mut c: Array1<f64>) -> Result<Array1<f64>, SolveError> {
+/// Solves `A x = c` for symmetric positive-definite `A`, reading its lower triangle only:
+/// `A = L Lᵀ` in place (row-major, so every inner product is over two contiguous row
+/// prefixes), then forward and back substitution.
+pub fn cholesky_solve(a: Array2<f64>, c: Array1<f64>) -> Result<Array1<f64>, SolveError> {
     let d = c.len();
+    let mut a = a.as_standard_layout().into_owned();
+    let Some(l) = a.as_slice_mut() else {
+        unreachable!("a standard-layout array is one contiguous slice")
+    };
+    let mut y = c.to_vec();
     for j in 0..d {
-        let mut pivot = a[[j, j]];
-        for p in 0..j {
-            pivot -= a[[j, p]] * a[[j, p]];
-        }
+        let (above, from_j) = l.split_at_mut(j * d);
+        let row_j = &mut from_j[..d];
+        let pivot = row_j[j] - dot(&row_j[..j], &row_j[..j]);
         // Also refuses NaN.
         if !(pivot > 0.0) {
             return Err(SolveError::NotPositiveDefinite(j));
         }
         let diag = pivot.sqrt();
-        a[[j, j]] = diag;
-        for i in j + 1..d {
-            let mut v = a[[i, j]];
-            for p in 0..j {
-                v -= a[[i, p]] * a[[j, p]];
-            }
-            a[[i, j]] = v / diag;
+        row_j[j] = diag;
+        // Column j of L below the diagonal: rows after j, which live in `from_j`.
+        let (row_j, below) = from_j.split_at_mut(d);
+        for i in 0..d - j - 1 {
+            let row_i = &mut below[i * d..(i + 1) * d];
+            row_i[j] = (row_i[j] - dot(&row_i[..j], &row_j[..j])) / diag;
         }
+        let _ = above;
     }
     // L y = c
     for i in 0..d {
-        let mut v = c[i];
-        for p in 0..i {
-            v -= a[[i, p]] * c[p];
-        }
-        c[i] = v / a[[i, i]];
+        let row = &l[i * d..(i + 1) * d];
+        y[i] = (y[i] - dot(&row[..i], &y[..i])) / row[i];
     }
-    // Lᵀ x = y
+    // Lᵀ x = y, walking L by columns.
     for i in (0..d).rev() {
-        let mut v = c[i];
+        let mut v = y[i];
         for p in i + 1..d {
-            v -= a[[p, i]] * c[p];
+            v -= l[p * d + i] * y[p];
         }
-        c[i] = v / a[[i, i]];
+        y[i] = v / l[i * d + i];
     }
-    Ok(c)
+    Ok(Array1::from(y))
+}
+
+/// A dot product in four independent lanes, so it vectorises; the summation order is fixed,
+/// so results are the same from run to run.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0f64; 4];
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = a4
+        .remainder()
+        .iter()
+        .zip(b4.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a4.zip(b4) {
+        for lane in 0..4 {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail
 }
 
 #[cfg(test)]
