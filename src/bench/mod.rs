@@ -11,6 +11,7 @@
 //! its send time (carried in its `id`) to the moment its output is read.
 
 mod child;
+mod online;
 mod references;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +67,13 @@ pub struct BenchArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Recommender serving with and without a feedback stream (10 % of the requests)
+    /// folded in, instead of the forest runs.
+    #[arg(long)]
+    pub online: bool,
+    /// The recommender model of `--online`.
+    #[arg(long, default_value = "models/recommender.json")]
+    pub online_model: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,6 +149,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Some(m) => m.create_topic(topic, args.partitions, 1)?,
             None => create_topic(&brokers, topic, args.partitions).await?,
         }
+    }
+    if args.online {
+        let cap = MOCK_RECORDS_PER_PARTITION * args.partitions as usize;
+        let records = if mock.is_some() {
+            args.records.min(cap)
+        } else {
+            args.records
+        };
+        return online::run(args, &brokers, &topics, &run_id, mock.as_ref(), records).await;
     }
     let work = tempfile_dir()?;
     let identity_model = work.join("identity.json");

@@ -95,6 +95,9 @@ pub struct Recommender {
     item_base: Box<[f32]>,
     /// factors × items, contiguous: the right-hand side of the batch product.
     item_factors_t: Array2<f32>,
+    /// items × factors, the same numbers row by row: folding a user in (`crate::online`)
+    /// reads whole item vectors, which the transposed copy scatters over a cache line each.
+    item_rows: Array2<f32>,
     /// Empty, or one per item.
     titles: Box<[Option<String>]>,
     /// User `u`'s rated items are `rated_items[rated_start[u]..rated_start[u + 1]]`.
@@ -231,11 +234,9 @@ impl Recommender {
             .collect();
         let user_factors = Array2::from_shape_vec((n_users, k), user_rows)
             .map_err(|e| invalid(format!("user_factors: {e}")))?;
-        let item_factors_t = Array2::from_shape_vec((n_items, k), spec.item_factors.clone())
-            .map_err(|e| invalid(format!("item_factors: {e}")))?
-            .reversed_axes()
-            .as_standard_layout()
-            .into_owned();
+        let item_rows = Array2::from_shape_vec((n_items, k), spec.item_factors.clone())
+            .map_err(|e| invalid(format!("item_factors: {e}")))?;
+        let item_factors_t = item_rows.t().as_standard_layout().into_owned();
 
         Ok(Self {
             global_mean: spec.global_mean,
@@ -251,6 +252,7 @@ impl Recommender {
                 .collect(),
             item_base: item_base.into(),
             item_factors_t,
+            item_rows,
             titles: spec.item_titles.clone().into(),
             rated_start: rated_start.into(),
             rated_items: rated_items.into(),
@@ -368,9 +370,9 @@ impl Recommender {
         (self.user_bias[u], self.user_factors.row(u))
     }
 
-    /// Item `i`'s factor vector (a strided view: the matrix is stored factors × items).
+    /// Item `i`'s factor vector (contiguous).
     pub fn item_factors(&self, i: u32) -> ndarray::ArrayView1<'_, f32> {
-        self.item_factors_t.column(i as usize)
+        self.item_rows.row(i as usize)
     }
 
     /// `μ + b_i`.

@@ -1,23 +1,28 @@
 //! Folding a user in: their bias and factors re-solved from their ratings with the item
 //! factors held fixed, by regularised least squares.
 //!
-//! With `z_i = [1, q_i]` and `x = [b_u, p_u]`, a user's ratings `r_i` are fitted by minimising
-//! `Σ (r_i − μ − b_i − z_i·x)² + λ‖x − x₀‖²_…`, whose normal equations are the
-//! `(k+1)×(k+1)` symmetric positive-definite system `A x = c`:
+//! With `z_i = [1, q_i]`, `x = [b_u, p_u]` and targets `t_i = r_i − μ − b_i`, a user is
+//! `x = argmin ‖Z x − t‖² + (x − x₀)ᵀ P (x − x₀)` over the rows `Z` of their new ratings,
+//! for a prior mean `x₀` and a diagonal prior precision `P`:
 //!
-//! - a user the model never saw starts from nothing: `A = λI + Σ z_i z_iᵀ`,
-//!   `c = Σ z_i (r_i − μ − b_i)`;
-//! - a user the model knows keeps their training ratings as evidence. The model file does
-//!   not hold the values of those ratings, but it does hold which items they were, and the
-//!   trained `x₀` is (approximately) the solution of exactly their system. So their system
-//!   is `A₀ = λI + Σ_{training items} z_i z_iᵀ` with right-hand side `A₀ x₀`, and new ratings
-//!   add to it: `A = A₀ + Σ_new z_i z_iᵀ`, `c = A₀ x₀ + Σ_new z_i (r_i − μ − b_i)`. With no
-//!   new ratings the answer is `x₀` itself: folding in never moves a user without evidence.
+//! - a user the model never saw: `x₀ = 0`, `P = λI` (plain ridge regression);
+//! - a user the model knows keeps their training ratings as evidence: `x₀` is their trained
+//!   vector, which (approximately) minimises the same loss over the training ratings, and
+//!   `P` is the diagonal of that loss's curvature, `λ + Σ_{training items} z_i²` (the model
+//!   file says which items they rated, though not how). With no new ratings the answer is
+//!   `x₀` itself: folding in never moves a user without evidence, and a user with a long
+//!   history moves less per rating than a new one.
 //!
-//! One user costs `O(k² · ratings)` to build `A` (one Gram product `ZᵀZ` by ndarray's
-//! matrix multiply, no BLAS needed) and `O(k³)` to factor it: `k` is small, so a
-//! hand-written Cholesky in `f64` is enough. The rows run in a canonical order (ascending
-//! item index), so the same ratings give bit-identical factors however their events arrived.
+//! Two exact ways to the same answer, the cheaper one taken by the number `n` of new
+//! ratings against `d = k + 1`:
+//! - `n ≥ d`, normal equations: `(P + ZᵀZ) x = P x₀ + Zᵀ t`, `O(n·d² + d³)`;
+//! - `n < d`, dual form: `x = x₀ + P⁻¹Zᵀ (Z P⁻¹ Zᵀ + I)⁻¹ (t − Z x₀)`, `O(n²·d + n³)`,
+//!   so a user with a handful of ratings costs microseconds, not a `d³` factorisation.
+//!
+//! Gram products go through ndarray's matrix multiply (no BLAS needed); the small SPD
+//! systems through a hand-written Cholesky in `f64`. Rows run in a canonical order
+//! (ascending item index), so the same ratings give bit-identical factors however their
+//! events arrived.
 
 use ndarray::{Array1, Array2};
 
@@ -46,7 +51,7 @@ pub enum SolveError {
 }
 
 /// Solves user `known` (the model's index, if it knows them) from `evidence`, which must be
-/// sorted by item and hold each item once. `reg` is λ (> 0 keeps `A` positive definite).
+/// sorted by item and hold each item once. `reg` is λ (> 0 keeps every system SPD).
 pub fn solve_user(
     model: &Recommender,
     known: Option<usize>,
@@ -54,43 +59,67 @@ pub fn solve_user(
     reg: f64,
 ) -> Result<Solved, SolveError> {
     let d = model.factors() + 1;
-    // Rows `z_i`: first the training items (a known user's prior), then the new evidence.
-    let trained = known.map_or(&[][..], |u| model.rated_of(u));
-    let rows = trained.len() + evidence.len();
-    let mut z = Array2::<f64>::zeros((rows, d));
-    let items = trained
-        .iter()
-        .copied()
-        .chain(evidence.iter().map(|e| e.item));
-    for (mut row, i) in z.rows_mut().into_iter().zip(items) {
+    let n = evidence.len();
+    // invariant: item rows are contiguous (`Recommender` keeps them items × factors,
+    // standard layout), as are the rows of the standard-layout arrays made here.
+    let item = |i: u32| model.item_factors(i).to_slice().unwrap_or_default();
+    // Prior: mean and diagonal precision.
+    let mut x0 = Array1::<f64>::zeros(d);
+    let mut precision = vec![reg; d];
+    if let Some(u) = known {
+        let (bias, factors) = model.user_params(u);
+        for (x, v) in x0
+            .iter_mut()
+            .zip(std::iter::once(bias).chain(factors.iter().copied()))
+        {
+            *x = f64::from(v);
+        }
+        let trained = model.rated_of(u);
+        precision[0] += trained.len() as f64;
+        for &i in trained {
+            for (p, q) in precision[1..].iter_mut().zip(item(i)) {
+                let q = f64::from(*q);
+                *p += q * q;
+            }
+        }
+    }
+    let precision = Array1::from(precision);
+    let mut z = Array2::<f64>::zeros((n, d));
+    for (mut row, e) in z.rows_mut().into_iter().zip(evidence) {
+        let Some(row) = row.as_slice_mut() else {
+            unreachable!("rows of a standard-layout array are contiguous")
+        };
         row[0] = 1.0;
-        for (zf, q) in row.iter_mut().skip(1).zip(model.item_factors(i)) {
+        for (zf, q) in row[1..].iter_mut().zip(item(e.item)) {
             *zf = f64::from(*q);
         }
     }
-    // The O(k² · ratings) part is one Gram product, done by ndarray's matrix multiply.
-    let mut a = z.t().dot(&z);
-    for f in 0..d {
-        a[[f, f]] += reg;
-    }
-    let targets: Array1<f64> = evidence
+    let t: Array1<f64> = evidence
         .iter()
         .map(|e| f64::from(e.rating) - f64::from(model.item_base(e.item)))
         .collect();
-    let new_rows = z.slice(ndarray::s![trained.len().., ..]);
-    let mut c = new_rows.t().dot(&targets);
-    if let Some(u) = known {
-        // c += A₀ x₀ = λ x₀ + Z₀ᵀ (Z₀ x₀).
-        let (bias, factors) = model.user_params(u);
-        let x0: Array1<f64> = std::iter::once(bias)
-            .chain(factors.iter().copied())
-            .map(f64::from)
-            .collect();
-        let z0 = z.slice(ndarray::s![..trained.len(), ..]);
-        c += &z0.t().dot(&z0.dot(&x0));
-        c.scaled_add(reg, &x0);
-    }
-    let x = cholesky_solve(a, c)?;
+
+    let x = if n >= d {
+        let mut a = z.t().dot(&z);
+        for f in 0..d {
+            a[[f, f]] += precision[f];
+        }
+        let c = &precision * &x0 + z.t().dot(&t);
+        cholesky_solve(a, c)?
+    } else {
+        // Z P⁻¹: column f scaled by 1/P_f.
+        let mut zp = z.clone();
+        for (mut column, p) in zp.columns_mut().into_iter().zip(&precision) {
+            column.mapv_inplace(|v| v / p);
+        }
+        let mut k = zp.dot(&z.t());
+        for j in 0..n {
+            k[[j, j]] += 1.0;
+        }
+        let residual = &t - &z.dot(&x0);
+        let w = cholesky_solve(k, residual)?;
+        x0 + zp.t().dot(&w)
+    };
     let solved = Solved {
         bias: x[0] as f32,
         factors: x.iter().skip(1).map(|&v| v as f32).collect(),
@@ -229,6 +258,61 @@ mod tests {
         let empty = solve_user(&model, None, &[], 0.1).unwrap();
         assert_eq!(empty.bias, 0.0);
         assert_eq!(empty.factors, vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_dual_and_the_normal_equations_agree() {
+        // d = 3: two ratings take the dual form, three and four the normal equations.
+        let model = model();
+        let evidence: Vec<Evidence> = [(0, 4.0), (1, 2.5), (2, 3.5), (3, 5.0)]
+            .iter()
+            .map(|&(item, rating)| Evidence { item, rating })
+            .collect();
+        for known in [None, Some(0)] {
+            for n in 1..=4 {
+                let solved = solve_user(&model, known, &evidence[..n], 0.7).unwrap();
+                // Brute force: the same objective's normal equations, dense.
+                let mut a = Array2::<f64>::zeros((3, 3));
+                let mut c = Array1::<f64>::zeros(3);
+                let (x0, p) = match known {
+                    None => (vec![0.0; 3], vec![0.7; 3]),
+                    Some(u) => {
+                        let (b, f) = model.user_params(u);
+                        let mut p = vec![0.7; 3];
+                        for &i in model.rated_of(u) {
+                            let q = model.item_factors(i);
+                            p[0] += 1.0;
+                            p[1] += f64::from(q[0] * q[0]);
+                            p[2] += f64::from(q[1] * q[1]);
+                        }
+                        (vec![f64::from(b), f64::from(f[0]), f64::from(f[1])], p)
+                    }
+                };
+                for f in 0..3 {
+                    a[[f, f]] = p[f];
+                    c[f] = p[f] * x0[f];
+                }
+                for e in &evidence[..n] {
+                    let q = model.item_factors(e.item);
+                    let z = [1.0, f64::from(q[0]), f64::from(q[1])];
+                    let t = f64::from(e.rating) - f64::from(model.item_base(e.item));
+                    for r in 0..3 {
+                        c[r] += z[r] * t;
+                        for col in 0..3 {
+                            a[[r, col]] += z[r] * z[col];
+                        }
+                    }
+                }
+                let want = cholesky_solve(a, c).unwrap();
+                let got = [solved.bias, solved.factors[0], solved.factors[1]];
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (f64::from(*g) - w).abs() < 1e-5,
+                        "{known:?} n {n}: {got:?} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
