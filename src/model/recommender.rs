@@ -89,15 +89,12 @@ pub struct Recommender {
     /// users × factors.
     user_factors: Array2<f32>,
     item_ids: Box<[i64]>,
-    /// External item id → index, for feedback and for learned users' seen items.
-    item_index: HashMap<i64, u32>,
+    /// What folding users in needs (`crate::online`); boxed, as scoring seldom reads it.
+    items: Box<ItemLookup>,
     /// `μ + b_i`, so that scoring adds one term per item instead of two.
     item_base: Box<[f32]>,
     /// factors × items, contiguous: the right-hand side of the batch product.
     item_factors_t: Array2<f32>,
-    /// items × factors, the same numbers row by row: folding a user in (`crate::online`)
-    /// reads whole item vectors, which the transposed copy scatters over a cache line each.
-    item_rows: Array2<f32>,
     /// Empty, or one per item.
     titles: Box<[Option<String>]>,
     /// User `u`'s rated items are `rated_items[rated_start[u]..rated_start[u + 1]]`.
@@ -244,15 +241,17 @@ impl Recommender {
             user_bias: by_id.iter().map(|&u| spec.user_bias[u]).collect(),
             user_factors,
             item_ids: spec.item_ids.clone().into(),
-            item_index: spec
-                .item_ids
-                .iter()
-                .enumerate()
-                .map(|(i, &id)| (id, i as u32))
-                .collect(),
+            items: Box::new(ItemLookup {
+                index: spec
+                    .item_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &id)| (id, i as u32))
+                    .collect(),
+                rows: item_rows,
+            }),
             item_base: item_base.into(),
             item_factors_t,
-            item_rows,
             titles: spec.item_titles.clone().into(),
             rated_start: rated_start.into(),
             rated_items: rated_items.into(),
@@ -278,7 +277,7 @@ impl Recommender {
         let override_of = |at: usize| overrides.get(at).copied().flatten();
         // Per request: the model's index of the user (for its rated items), and the bias
         // and factors that score them, if any.
-        let users: Vec<(Option<usize>, Option<(f32, &[f32])>)> = requests
+        let users: Vec<(Option<usize>, Scoring<'_>)> = requests
             .iter()
             .enumerate()
             .map(|(at, r)| {
@@ -357,7 +356,7 @@ impl Recommender {
 
     /// The model's item index of an external item id.
     pub fn item_index(&self, item: i64) -> Option<u32> {
-        self.item_index.get(&item).copied()
+        self.items.index.get(&item).copied()
     }
 
     /// Indices of the items known user `u` had rated at training time, ascending.
@@ -372,7 +371,7 @@ impl Recommender {
 
     /// Item `i`'s factor vector (contiguous).
     pub fn item_factors(&self, i: u32) -> ndarray::ArrayView1<'_, f32> {
-        self.item_rows.row(i as usize)
+        self.items.rows.row(i as usize)
     }
 
     /// `μ + b_i`.
@@ -421,7 +420,7 @@ impl Recommender {
         for &i in rated {
             keys[i as usize] = EXCLUDED;
         }
-        for i in seen.iter().filter_map(|id| self.item_index.get(id)) {
+        for i in seen.iter().filter_map(|id| self.items.index.get(id)) {
             keys[*i as usize] = EXCLUDED;
         }
         best.clear();
@@ -490,6 +489,18 @@ impl Recommender {
         })
     }
 }
+
+#[derive(Debug)]
+struct ItemLookup {
+    /// External item id → index, for feedback and for learned users' seen items.
+    index: HashMap<i64, u32>,
+    /// items × factors, the same numbers as `item_factors_t` row by row: folding a user in
+    /// reads whole item vectors, which the transposed copy scatters one per cache line.
+    rows: Array2<f32>,
+}
+
+/// Per request: the bias and factors that score the user, if any.
+type Scoring<'a> = Option<(f32, &'a [f32])>;
 
 /// Buffers `top_n` reuses from one user to the next.
 #[derive(Debug, Default)]

@@ -144,8 +144,7 @@ pub fn cholesky_solve(a: Array2<f64>, c: Array1<f64>) -> Result<Array1<f64>, Sol
         let (above, from_j) = l.split_at_mut(j * d);
         let row_j = &mut from_j[..d];
         let pivot = row_j[j] - dot(&row_j[..j], &row_j[..j]);
-        // Also refuses NaN.
-        if !(pivot > 0.0) {
+        if pivot.is_nan() || pivot <= 0.0 {
             return Err(SolveError::NotPositiveDefinite(j));
         }
         let diag = pivot.sqrt();
