@@ -263,6 +263,46 @@ fn recommender(c: &mut Criterion) {
     group.finish();
 }
 
+/// Folding one feedback event in (`streamscore::online`): the user's log is 20 items, so
+/// every event re-solves the user from 20 new ratings, plus a known user's training items.
+/// The reference is the dominant term done by ndarray's own matrix multiply alone: the Gram
+/// product `ZᵀZ` of the same rows, with no gathering, no Cholesky, no bookkeeping.
+fn online_fold_in(c: &mut Criterion) {
+    use streamscore::online::{FeedbackEvent, OnlineConfig, OnlineState};
+    let spec = recommender_spec();
+    let model = Recommender::compile(&spec).unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group("online_fold_in");
+    group.throughput(Throughput::Elements(1));
+    let known_uid = 1i64;
+    let trained = spec.rated[0].len();
+    for (name, uid) in [("new_user", 5_000_000i64), ("known_user", known_uid)] {
+        let mut state = OnlineState::new(OnlineConfig::default(), "bench");
+        let mut offset = 0i64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                offset += 1;
+                let event = FeedbackEvent {
+                    uid,
+                    // Items the known user did not rate at training time (ids from 1).
+                    item: ITEMS as i64 - (offset % 20),
+                    rating: Some(1.0 + (offset % 5) as f32),
+                };
+                black_box(state.apply(&model, 0, offset, event))
+            })
+        });
+    }
+    for (name, rows) in [
+        ("ndarray_gram_new_user", 20),
+        ("ndarray_gram_known_user", trained + 20),
+    ] {
+        let z = Array2::<f64>::from_shape_fn((rows, FACTORS + 1), |(r, f)| {
+            ((r * 7 + f) % 13) as f64 * 0.01
+        });
+        group.bench_function(name, |b| b.iter(|| black_box(black_box(&z).t().dot(&z))));
+    }
+    group.finish();
+}
+
 fn decode(c: &mut Criterion) {
     let model = iris_model();
     let records = iris_records(&model, 150);
@@ -481,6 +521,7 @@ fn observe(c: &mut Criterion) {
         b.iter(|| {
             on.observe.transform(
                 &model,
+                None,
                 black_box(&messages),
                 DEFAULT_MAX_RECORD_BYTES,
                 Instant::now(),
@@ -491,6 +532,7 @@ fn observe(c: &mut Criterion) {
         b.iter(|| {
             off.observe.transform(
                 &model,
+                None,
                 black_box(&messages),
                 DEFAULT_MAX_RECORD_BYTES,
                 Instant::now(),
@@ -503,6 +545,6 @@ fn observe(c: &mut Criterion) {
 criterion_group! {
     name = kernels;
     config = config();
-    targets = forest, pmml_forest, imported_gbm, recommender, decode, encode, transform, observe
+    targets = forest, pmml_forest, imported_gbm, recommender, online_fold_in, decode, encode, transform, observe
 }
 criterion_main!(kernels);

@@ -211,6 +211,8 @@ pub struct ServeArgs {
     pub http_addr: SocketAddr,
     #[command(flatten)]
     pub observe: ObserveArgs,
+    #[command(flatten)]
+    pub online: OnlineArgs,
 }
 
 /// Windowed statistics, drift and the shadow model.
@@ -276,6 +278,60 @@ impl ObserveArgs {
             shadow_model: self.shadow_model.clone(),
             shadow_topic: self.shadow_topic.clone(),
         })
+    }
+}
+
+/// Online learning from a feedback topic (recommender models only).
+#[derive(clap::Args, Debug, Clone)]
+pub struct OnlineArgs {
+    /// Topic of ratings (`{"uid": 196, "item": 242, "rating": 3.5}`) and implicit events
+    /// (`{"uid": 196, "item": 242}`) to fold into the recommender as they arrive; key them
+    /// by user so that each user's events stay in order.
+    #[arg(long, env = "STREAMSCORE_FEEDBACK_TOPIC")]
+    pub feedback_topic: Option<String>,
+    /// Directory of the learned state's checkpoint (`online-state.json`).
+    #[arg(long, env = "STREAMSCORE_STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
+    /// How often the learned state and its feedback offsets are checkpointed.
+    #[arg(long, env = "STREAMSCORE_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Duration,
+    /// Users whose learned state is kept; the least recently updated is forgotten beyond it.
+    #[arg(long, env = "STREAMSCORE_ONLINE_MAX_USERS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub online_max_users: u32,
+    /// Feedback events kept per user (the oldest is forgotten beyond it).
+    #[arg(long, env = "STREAMSCORE_ONLINE_MAX_EVENTS_PER_USER", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub online_max_events_per_user: u32,
+    /// λ, the regularisation of a user's fold-in (least squares with item factors fixed).
+    #[arg(long, env = "STREAMSCORE_ONLINE_REG", default_value_t = crate::online::OnlineConfig::default().reg, value_parser = parse_positive)]
+    pub online_reg: f64,
+    /// An implicit event counts as a rating this far above the model's mean rating.
+    #[arg(long, env = "STREAMSCORE_IMPLICIT_BOOST", default_value_t = 1.0)]
+    pub implicit_boost: f32,
+}
+
+impl OnlineArgs {
+    pub fn feedback_config(&self) -> Option<crate::online::feedback::FeedbackConfig> {
+        let topic = self.feedback_topic.clone().filter(|t| !t.is_empty())?;
+        Some(crate::online::feedback::FeedbackConfig {
+            topic,
+            state_dir: self.state_dir.clone(),
+            checkpoint_interval: self.checkpoint_interval,
+            online: crate::online::OnlineConfig {
+                reg: self.online_reg,
+                implicit_boost: self.implicit_boost,
+                max_users: self.online_max_users as usize,
+                max_events_per_user: self.online_max_events_per_user as usize,
+            },
+        })
+    }
+}
+
+fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a number above zero, got {s:?}")),
     }
 }
 

@@ -141,6 +141,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             shadow_model: args.shadow_model.clone(),
             shadow_topic: None,
         },
+        feedback: None,
     })
     .await?;
     println!(

@@ -11,6 +11,7 @@ pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod online;
 pub mod openscoring;
 pub mod pipeline;
 pub mod record;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use streamscore::logging::{self, LogFormat};
-use streamscore::{bench, config, demo, import, score, service, train};
+use streamscore::{bench, config, demo, import, online, score, service, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +49,15 @@ enum Command {
     /// Generate training data.
     #[command(subcommand)]
     Gen(GenCommand),
+    /// Evaluate models offline.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum EvalCommand {
+    /// Test-then-learn replay of held-out ratings: frozen recommender vs online learning.
+    Prequential(online::eval::PrequentialArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +99,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Import(args) => import::run(&args)?,
         Command::Train(TrainCommand::Recommender(args)) => train::recommender::run(&args)?,
         Command::Gen(GenCommand::Ratings(args)) => train::ratings::run(&args)?,
+        Command::Eval(EvalCommand::Prequential(args)) => online::eval::run(&args)?,
         Command::Score(args) => {
             let summary = score::run(&args)?;
             eprintln!("{} scored, {} rejected", summary.scored, summary.rejected);

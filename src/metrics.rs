@@ -24,7 +24,7 @@ pub struct Metrics {
     pub last_commit: prometheus::Gauge,
 }
 
-fn register<T: Collector + Clone + 'static>(
+pub(crate) fn register<T: Collector + Clone + 'static>(
     registry: &Registry,
     metric: prometheus::Result<T>,
 ) -> T {
@@ -164,7 +164,7 @@ impl Metrics {
         m
     }
 
-    /// The registry, for the observer's metrics (`ObserveMetrics`).
+    /// The registry, for metrics of optional parts (the observer, the online learner).
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

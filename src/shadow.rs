@@ -279,8 +279,13 @@ impl Worker {
             .collect();
         let started = Instant::now();
         let mut collector = Collector::new(&self.model, false);
-        let outcomes =
-            transform_batch_watched(&self.model, &inputs, job.max_record_bytes, &mut collector);
+        let outcomes = transform_batch_watched(
+            &self.model,
+            None,
+            &inputs,
+            job.max_record_bytes,
+            &mut collector,
+        );
         let took_ms = started.elapsed().as_secs_f64() * 1e3;
         let answers = collector.answers_per_input(&outcomes);
         let mut produce_errors = 0;

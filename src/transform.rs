@@ -10,8 +10,9 @@ use serde_json::value::RawValue;
 use crate::model::ensemble::Ensemble;
 use crate::model::forest::argmax_rows;
 use crate::model::pmml::{PmmlModel, Prediction};
-use crate::model::recommender::Request;
+use crate::model::recommender::{Request, UserOverride};
 use crate::model::{Forest, LoadedModel, Model, Recommender};
+use crate::online::Overlay;
 use crate::record::decode::{decode_user_event, payload_text, FeatureDecoder, FeatureSchema};
 use crate::record::decode_ensemble::EnsembleDecoder;
 use crate::record::decode_pmml::PmmlDecoder;
@@ -57,12 +58,24 @@ pub fn transform_batch(
     inputs: &[Input<'_>],
     max_record_bytes: usize,
 ) -> Vec<Outcome> {
-    transform_batch_watched(model, inputs, max_record_bytes, &mut Unwatched)
+    transform_batch_with(model, None, inputs, max_record_bytes)
 }
 
-/// `transform_batch`, telling `watch` what it decoded and predicted.
+/// `transform_batch`, with what the recommender learned online (`crate::online`) layered
+/// over the model for the users it knows about.
+pub fn transform_batch_with(
+    model: &LoadedModel,
+    overlay: Option<&Overlay>,
+    inputs: &[Input<'_>],
+    max_record_bytes: usize,
+) -> Vec<Outcome> {
+    transform_batch_watched(model, overlay, inputs, max_record_bytes, &mut Unwatched)
+}
+
+/// `transform_batch_with`, telling `watch` what it decoded and predicted.
 pub fn transform_batch_watched(
     model: &LoadedModel,
+    overlay: Option<&Overlay>,
     inputs: &[Input<'_>],
     max_record_bytes: usize,
     watch: &mut impl Watch,
@@ -70,7 +83,7 @@ pub fn transform_batch_watched(
     match &model.model {
         Model::Forest(forest) => classify(model, forest, inputs, max_record_bytes, watch),
         Model::Recommender(recommender) => {
-            recommend(model, recommender, inputs, max_record_bytes, watch)
+            recommend(model, recommender, overlay, inputs, max_record_bytes, watch)
         }
         Model::Pmml(pmml) => score_pmml(model, pmml, inputs, max_record_bytes, watch),
         Model::Ensemble(e) => score_ensemble(model, e, inputs, max_record_bytes, watch),
@@ -242,6 +255,7 @@ fn encode_predictions(
 fn recommend(
     model: &LoadedModel,
     recommender: &Recommender,
+    overlay: Option<&Overlay>,
     inputs: &[Input<'_>],
     max_bytes: usize,
     watch: &mut impl Watch,
@@ -256,7 +270,25 @@ fn recommend(
         .map(|e| Request { uid: e.uid, n: e.n })
         .collect();
     watch.decoded();
-    let mut recommendations = recommender.recommend_batch(&requests).into_iter();
+    let learned = overlay.map_or_else(Vec::new, |o| o.lookup(requests.iter().map(|r| r.uid)));
+    let overrides: Vec<Option<UserOverride<'_>>> = learned
+        .iter()
+        .map(|l| {
+            l.as_deref().map(|l| UserOverride {
+                // Factors solved against another model (a reload the feedback thread has
+                // not caught up with) would score nonsense; what the user saw still holds.
+                learned: l
+                    .solved
+                    .as_ref()
+                    .filter(|_| *l.model_version == *model.version)
+                    .map(|s| (s.bias, &s.factors[..])),
+                seen: &l.seen,
+            })
+        })
+        .collect();
+    let mut recommendations = recommender
+        .recommend_batch_with(&requests, &overrides)
+        .into_iter();
     decoded
         .into_iter()
         .zip(inputs)

@@ -77,7 +77,7 @@ fn feed(state: &ServiceState, rows: &[[f64; 4]]) -> Vec<Outcome> {
         outcomes.extend(
             state
                 .observe
-                .transform(&model, chunk, 1 << 20, Instant::now()),
+                .transform(&model, None, chunk, 1 << 20, Instant::now()),
         );
     }
     outcomes
@@ -216,7 +216,7 @@ fn a_shadow_that_disagrees_on_a_known_share_is_reported_with_that_share() {
     for chunk in messages.chunks(100) {
         let outcomes = state
             .observe
-            .transform(&served_model, chunk, 1 << 20, Instant::now());
+            .transform(&served_model, None, chunk, 1 << 20, Instant::now());
         // The stream's outputs are the served model's, shadow or not.
         let inputs: Vec<_> = chunk
             .iter()
@@ -361,7 +361,7 @@ fn a_recommender_window_lists_its_top_items() {
     let model = state.store.current();
     state
         .observe
-        .transform(&model, &messages, 1 << 20, Instant::now());
+        .transform(&model, None, &messages, 1 << 20, Instant::now());
     let windows = emit(&state, None, None, now_ms() + 120_000);
     let window = windows
         .iter()

@@ -12,6 +12,7 @@
 
 mod child;
 mod observe;
+mod online;
 mod references;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +73,13 @@ pub struct BenchArgs {
     /// loopback ceiling.
     #[arg(long)]
     pub observe: bool,
+    /// Recommender serving with and without a feedback stream (10 % of the requests)
+    /// folded in, instead of the forest runs.
+    #[arg(long)]
+    pub online: bool,
+    /// The recommender model of `--online`.
+    #[arg(long, default_value = "models/recommender.json")]
+    pub online_model: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,6 +159,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             None => create_topic(&brokers, topic, args.partitions).await?,
         }
     }
+    if args.online {
+        let cap = MOCK_RECORDS_PER_PARTITION * args.partitions as usize;
+        let records = if mock.is_some() {
+            args.records.min(cap)
+        } else {
+            args.records
+        };
+        return online::run(args, &brokers, &topics, &run_id, mock.as_ref(), records).await;
+    }
     let work = tempfile_dir()?;
     let identity_model = work.join("identity.json");
     identity_of(&args.model)?.write(&identity_model)?;
@@ -172,18 +189,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
         let preload_rate = preload(&brokers, &topics.input, records).await?;
-        let ceiling = {
-            let (brokers, input, output, interval) = (
-                brokers.clone(),
-                topics.input.clone(),
-                topics.ceiling_out.clone(),
-                args.batch_interval,
-            );
-            tokio::task::spawn_blocking(move || {
-                references::loopback_ceiling(&brokers, &input, &output, records, interval)
-            })
-            .await??
-        };
+        let ceiling = references::measure_ceiling(
+            &brokers,
+            &topics.input,
+            &topics.ceiling_out,
+            records,
+            args.batch_interval,
+        )
+        .await?;
         let forest = serve_until_done(
             args,
             &brokers,

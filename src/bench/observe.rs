@@ -30,18 +30,14 @@ pub async fn run(
     records: usize,
 ) -> anyhow::Result<ObserveReport> {
     preload(brokers, &topics.input, records).await?;
-    let ceiling = {
-        let (brokers, input, output, interval) = (
-            brokers.to_owned(),
-            topics.input.clone(),
-            topics.ceiling_out.clone(),
-            args.batch_interval,
-        );
-        tokio::task::spawn_blocking(move || {
-            references::loopback_ceiling(&brokers, &input, &output, records, interval)
-        })
-        .await??
-    };
+    let ceiling = references::measure_ceiling(
+        brokers,
+        &topics.input,
+        &topics.ceiling_out,
+        records,
+        args.batch_interval,
+    )
+    .await?;
     let model = &args.model;
     let stats_off = serve_until_done(
         args,

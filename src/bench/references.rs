@@ -118,6 +118,21 @@ pub fn loopback_ceiling(
     })
 }
 
+/// `loopback_ceiling` on a blocking thread, for the async bench runs.
+pub async fn measure_ceiling(
+    brokers: &str,
+    input: &str,
+    output: &str,
+    records: usize,
+    batch_interval: Duration,
+) -> anyhow::Result<ReferenceFigures> {
+    let (brokers, input, output) = (brokers.to_owned(), input.to_owned(), output.to_owned());
+    tokio::task::spawn_blocking(move || {
+        loopback_ceiling(&brokers, &input, &output, records, batch_interval)
+    })
+    .await?
+}
+
 /// The peer's interpreter, when `bench/peers/setup.sh` has made its environment.
 pub fn python_peer_interpreter(repo: &Path) -> Option<PathBuf> {
     let python = repo.join("bench/peers/.venv/bin/python");

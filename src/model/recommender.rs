@@ -10,9 +10,9 @@
 //! by their baseline `μ + b_i`.
 
 use std::borrow::Cow;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
-use ndarray::{Array2, Axis};
+use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
@@ -59,6 +59,18 @@ pub struct ScoredItem<'a> {
     pub title: Option<&'a str>,
 }
 
+/// What was learned about one user after the model was trained (see `crate::online`): it
+/// replaces the model's view of that user for one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UserOverride<'a> {
+    /// `(b_u, p_u)` solved against this very model, or `None` to keep the model's own
+    /// (or the popular list for a user the model does not know).
+    pub learned: Option<(f32, &'a [f32])>,
+    /// Item ids the user has rated or seen since: never recommended back, whether or not
+    /// `learned` is present.
+    pub seen: &'a [i64],
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recommendation<'a> {
     pub items: Vec<ScoredItem<'a>>,
@@ -77,6 +89,8 @@ pub struct Recommender {
     /// users × factors.
     user_factors: Array2<f32>,
     item_ids: Box<[i64]>,
+    /// What folding users in needs (`crate::online`); boxed, as scoring seldom reads it.
+    items: Box<ItemLookup>,
     /// `μ + b_i`, so that scoring adds one term per item instead of two.
     item_base: Box<[f32]>,
     /// factors × items, contiguous: the right-hand side of the batch product.
@@ -217,11 +231,9 @@ impl Recommender {
             .collect();
         let user_factors = Array2::from_shape_vec((n_users, k), user_rows)
             .map_err(|e| invalid(format!("user_factors: {e}")))?;
-        let item_factors_t = Array2::from_shape_vec((n_items, k), spec.item_factors.clone())
-            .map_err(|e| invalid(format!("item_factors: {e}")))?
-            .reversed_axes()
-            .as_standard_layout()
-            .into_owned();
+        let item_rows = Array2::from_shape_vec((n_items, k), spec.item_factors.clone())
+            .map_err(|e| invalid(format!("item_factors: {e}")))?;
+        let item_factors_t = item_rows.t().as_standard_layout().into_owned();
 
         Ok(Self {
             global_mean: spec.global_mean,
@@ -229,6 +241,15 @@ impl Recommender {
             user_bias: by_id.iter().map(|&u| spec.user_bias[u]).collect(),
             user_factors,
             item_ids: spec.item_ids.clone().into(),
+            items: Box::new(ItemLookup {
+                index: spec
+                    .item_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &id)| (id, i as u32))
+                    .collect(),
+                rows: item_rows,
+            }),
             item_base: item_base.into(),
             item_factors_t,
             titles: spec.item_titles.clone().into(),
@@ -242,17 +263,45 @@ impl Recommender {
     /// are gathered into one (batch × factors) matrix and multiplied by the item factors in
     /// a single product: far faster than a dot product per user and item.
     pub fn recommend_batch(&self, requests: &[Request]) -> Vec<Recommendation<'_>> {
-        let users: Vec<Option<usize>> = requests
+        self.recommend_batch_with(requests, &[])
+    }
+
+    /// `recommend_batch`, with what was learned online about some of the users:
+    /// `overrides` is empty or holds one entry per request.
+    pub fn recommend_batch_with(
+        &self,
+        requests: &[Request],
+        overrides: &[Option<UserOverride<'_>>],
+    ) -> Vec<Recommendation<'_>> {
+        let k = self.factors();
+        let override_of = |at: usize| overrides.get(at).copied().flatten();
+        // Per request: the model's index of the user (for its rated items), and the bias
+        // and factors that score them, if any.
+        let users: Vec<(Option<usize>, Scoring<'_>)> = requests
             .iter()
-            .map(|r| self.user_ids.binary_search(&r.uid).ok())
+            .enumerate()
+            .map(|(at, r)| {
+                let known = self.user_ids.binary_search(&r.uid).ok();
+                let learned = override_of(at).and_then(|o| o.learned);
+                let scoring = learned.filter(|(_, p)| p.len() == k).or_else(|| {
+                    known.and_then(|u| {
+                        let row = self.user_factors.row(u);
+                        Some((self.user_bias[u], row.to_slice()?))
+                    })
+                });
+                (known, scoring)
+            })
             .collect();
-        let known: Vec<usize> = users.iter().flatten().copied().collect();
-        let products = if known.is_empty() {
-            Array2::zeros((0, self.item_ids.len()))
-        } else {
-            self.user_factors
-                .select(Axis(0), &known)
-                .dot(&self.item_factors_t)
+        let personal: Vec<f32> = users
+            .iter()
+            .filter_map(|(_, scoring)| scoring.map(|(_, p)| p))
+            .flatten()
+            .copied()
+            .collect();
+        let rows_wanted = personal.len() / k;
+        let products = match Array2::from_shape_vec((rows_wanted, k), personal) {
+            Ok(matrix) if rows_wanted > 0 => matrix.dot(&self.item_factors_t),
+            _ => Array2::zeros((0, self.item_ids.len())),
         };
         // The product comes out row-major; should it not, reading it in logical order copies.
         let products: Cow<'_, [f32]> = match products.as_slice() {
@@ -261,7 +310,7 @@ impl Recommender {
         };
         let mut rows = products.chunks_exact(self.item_ids.len().max(1));
         // Reused across the batch's users so that scoring allocates only the outputs.
-        let mut scratch = if known.is_empty() {
+        let mut scratch = if rows_wanted == 0 {
             TopN::default()
         } else {
             TopN {
@@ -273,14 +322,19 @@ impl Recommender {
         requests
             .iter()
             .zip(&users)
-            .map(|(request, user)| {
+            .enumerate()
+            .map(|(at, (request, (known, scoring)))| {
                 let n = request.n.min(MAX_N);
-                let dots = user.and_then(|_| rows.next());
-                match (user, dots) {
-                    (Some(u), Some(dots)) => Recommendation {
-                        items: self.top_n(*u, dots, n, &mut scratch),
-                        cold_start: false,
-                    },
+                let dots = scoring.and_then(|_| rows.next());
+                match (scoring, dots) {
+                    (Some((bias, _)), Some(dots)) => {
+                        let rated = known.map_or(&[][..], |u| self.rated_of(u));
+                        let seen = override_of(at).map_or(&[][..], |o| o.seen);
+                        Recommendation {
+                            items: self.top_n(*bias, rated, seen, dots, n, &mut scratch),
+                            cold_start: false,
+                        }
+                    }
                     _ => Recommendation {
                         items: self
                             .popular
@@ -295,18 +349,65 @@ impl Recommender {
             .collect()
     }
 
-    /// The `n` best items user `u` has not rated, given `dots[i] = q_i·p_u`, best first.
+    /// The model's user index of `uid`, if it knows the user.
+    pub fn user_index(&self, uid: i64) -> Option<usize> {
+        self.user_ids.binary_search(&uid).ok()
+    }
+
+    /// The model's item index of an external item id.
+    pub fn item_index(&self, item: i64) -> Option<u32> {
+        self.items.index.get(&item).copied()
+    }
+
+    /// Indices of the items known user `u` had rated at training time, ascending.
+    pub fn rated_of(&self, u: usize) -> &[u32] {
+        &self.rated_items[self.rated_start[u]..self.rated_start[u + 1]]
+    }
+
+    /// Known user `u`'s trained bias and factors.
+    pub fn user_params(&self, u: usize) -> (f32, ndarray::ArrayView1<'_, f32>) {
+        (self.user_bias[u], self.user_factors.row(u))
+    }
+
+    /// Item `i`'s factor vector (contiguous).
+    pub fn item_factors(&self, i: u32) -> ndarray::ArrayView1<'_, f32> {
+        self.items.rows.row(i as usize)
+    }
+
+    /// `μ + b_i`.
+    pub fn item_base(&self, i: u32) -> f32 {
+        self.item_base[i as usize]
+    }
+
+    pub fn global_mean(&self) -> f32 {
+        self.global_mean
+    }
+
+    /// The external id of item index `i`.
+    pub fn item_id(&self, i: u32) -> i64 {
+        self.item_ids[i as usize]
+    }
+
+    /// The `n` best items the user has not rated (`rated`: the model's indices; `seen`: item
+    /// ids learned since), given `dots[i] = q_i·p_u`, best first.
     ///
     /// Every item's key goes into a buffer first (a loop that vectorises); then one pass
     /// keeps the `n` best keys seen so far in a heap whose top is the worst of them. Nearly
     /// every key loses to that one on a single comparison, so the pass costs about a cycle
     /// an item, where a selection over all the keys costs several times that. Keys are
     /// unique, so the `n` best are the same set whichever way they are found.
-    fn top_n(&self, u: usize, dots: &[f32], n: usize, scratch: &mut TopN) -> Vec<ScoredItem<'_>> {
+    fn top_n(
+        &self,
+        bias: f32,
+        rated: &[u32],
+        seen: &[i64],
+        dots: &[f32],
+        n: usize,
+        scratch: &mut TopN,
+    ) -> Vec<ScoredItem<'_>> {
         if n == 0 {
             return Vec::new();
         }
-        let bias = self.user_bias[u];
         let TopN { keys, best } = scratch;
         keys.clear();
         keys.extend(
@@ -316,8 +417,11 @@ impl Recommender {
                 .map(|(i, (dot, base))| rank_key(base + bias + dot, i as u32)),
         );
         // Compile checked the indices.
-        for &i in &self.rated_items[self.rated_start[u]..self.rated_start[u + 1]] {
+        for &i in rated {
             keys[i as usize] = EXCLUDED;
+        }
+        for i in seen.iter().filter_map(|id| self.items.index.get(id)) {
+            keys[*i as usize] = EXCLUDED;
         }
         best.clear();
         // Every real key is below this, so the first `n` of them get in; rated items never.
@@ -385,6 +489,18 @@ impl Recommender {
         })
     }
 }
+
+#[derive(Debug)]
+struct ItemLookup {
+    /// External item id → index, for feedback and for learned users' seen items.
+    index: HashMap<i64, u32>,
+    /// items × factors, the same numbers as `item_factors_t` row by row: folding a user in
+    /// reads whole item vectors, which the transposed copy scatters one per cache line.
+    rows: Array2<f32>,
+}
+
+/// Per request: the bias and factors that score the user, if any.
+type Scoring<'a> = Option<(f32, &'a [f32])>;
 
 /// Buffers `top_n` reuses from one user to the next.
 #[derive(Debug, Default)]
@@ -498,6 +614,46 @@ mod tests {
         // Asking for more than remain returns what remains.
         let out = model.recommend_batch(&[Request { uid: 20, n: 10 }]);
         assert_eq!(ids(&out[0]), vec![300, 100]);
+    }
+
+    #[test]
+    fn learned_users_are_scored_with_their_learned_factors_and_skip_what_they_saw() {
+        let model = Recommender::compile(&small()).unwrap();
+        let learned = [0.0f32, 1.0];
+        let overrides = [
+            // User 10 now likes factor 1 and has seen item 300 since training.
+            Some(UserOverride {
+                learned: Some((0.5, &learned[..])),
+                seen: &[300],
+            }),
+            // An unknown user with learned factors is no longer a cold start.
+            Some(UserOverride {
+                learned: Some((0.0, &learned[..])),
+                seen: &[],
+            }),
+            // Seen items alone (nothing learned): the model's factors, fewer items.
+            Some(UserOverride {
+                learned: None,
+                seen: &[200],
+            }),
+            None,
+        ];
+        let out = model.recommend_batch_with(
+            &[
+                Request { uid: 10, n: 3 },
+                Request { uid: 77, n: 4 },
+                Request { uid: 10, n: 3 },
+                Request { uid: 10, n: 3 },
+            ],
+            &overrides,
+        );
+        // 400: 3+0.5+0.1+2 = 5.6; 200: 3+0.5+0.2+0.5 = 4.2; 100 rated at training, 300 seen.
+        assert_eq!(ids(&out[0]), vec![400, 200]);
+        assert!((out[0].items[0].score - 5.6).abs() < 1e-5);
+        assert!(!out[1].cold_start);
+        assert_eq!(ids(&out[1]), vec![400, 300, 200, 100]);
+        assert_eq!(ids(&out[2]), vec![300, 400]);
+        assert_eq!(ids(&out[3]), vec![200, 300, 400]);
     }
 
     #[test]
@@ -685,7 +841,7 @@ mod tests {
             all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             for n in [1, 3, 10, MAX_N, items + 5] {
                 let got: Vec<(f32, i64)> = model
-                    .top_n(u, &dots, n, &mut scratch)
+                    .top_n(model.user_bias[u], rated, &[], &dots, n, &mut scratch)
                     .iter()
                     .map(|s| (s.score, s.item))
                     .collect();

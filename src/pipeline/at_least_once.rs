@@ -58,6 +58,7 @@ pub fn run(
             let model = state.store.current();
             let outcomes = state.observe.transform(
                 &model,
+                state.overlay(),
                 &batch.records,
                 config.max_record_bytes,
                 batch.opened,

@@ -35,6 +35,7 @@ pub fn run(
         let model = state.store.current();
         let mut outcomes = state.observe.transform(
             &model,
+            state.overlay(),
             &batch.records,
             config.max_record_bytes,
             batch.opened,

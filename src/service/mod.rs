@@ -20,6 +20,8 @@ use tracing::{info, warn};
 
 use crate::config::{ObserveOptions, ServeArgs};
 use crate::model::ModelStore;
+use crate::online::feedback::{self, FeedbackConfig};
+use crate::online::Overlay;
 use crate::pipeline::{self, Guarantee, PipelineConfig};
 use crate::shadow::ShadowOutput;
 use crate::stats::observe::About;
@@ -36,6 +38,8 @@ pub struct ServiceConfig {
     pub http_addr: SocketAddr,
     pub admin_token: Option<String>,
     pub observe: ObserveOptions,
+    /// Online learning from a feedback topic (`crate::online`), when set.
+    pub feedback: Option<FeedbackConfig>,
 }
 
 impl ServiceConfig {
@@ -53,6 +57,7 @@ impl ServiceConfig {
                 .ok()
                 .filter(|t| !t.is_empty()),
             observe,
+            feedback: args.online.feedback_config(),
         })
     }
 }
@@ -133,6 +138,16 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
             .start(Arc::new(candidate))
             .context("starting the shadow model")?;
     }
+    let learner = match &config.feedback {
+        Some(fb) => {
+            let overlay = Arc::new(Overlay::new(&state.metrics));
+            let online = feedback::restore(fb, &model, &overlay)?;
+            // invariant: `state` was created just above and nothing else sets `online`.
+            let _ = state.online.set(Arc::clone(&overlay));
+            Some((fb.clone(), online, overlay))
+        }
+        None => None,
+    };
 
     let listener = http::bind(config.http_addr)
         .await
@@ -159,11 +174,46 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
         )
         .context("starting the stats thread")?;
     }
+    // The learner stops with the service, and with the pipeline should that stop alone.
+    let learner_stop = shutdown.child_token();
+    let learner = match learner {
+        Some((fb, online, overlay)) => {
+            let (pipeline_config, service, stop) = (
+                config.pipeline.clone(),
+                Arc::clone(&state),
+                learner_stop.clone(),
+            );
+            let thread = std::thread::Builder::new()
+                .name("feedback".into())
+                .spawn(move || {
+                    let result =
+                        feedback::run(&fb, &pipeline_config, &service, &overlay, online, &stop);
+                    if let Err(e) = &result {
+                        // Scoring on with learning stopped would serve stale lists silently.
+                        service.health.fail(format!("feedback: {e:#}"));
+                    }
+                    result
+                })
+                .context("starting the feedback thread")?;
+            Some(thread)
+        }
+        None => None,
+    };
 
     let pipeline_state = Arc::clone(&state);
     let pipeline_stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let result = pipeline::run(config.pipeline, pipeline_state, pipeline_stop).await;
+        learner_stop.cancel();
+        let learned = match learner {
+            Some(thread) => tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| anyhow::anyhow!("joining the feedback thread: {e}"))
+                .and_then(|joined| {
+                    joined.unwrap_or_else(|_| Err(anyhow::anyhow!("the feedback thread panicked")))
+                }),
+            None => Ok(()),
+        };
         // The side port lives exactly as long as the pipeline: a stopped pipeline must
         // not keep reporting ready.
         http_stop.cancel();
@@ -172,7 +222,7 @@ pub async fn start(config: ServiceConfig) -> anyhow::Result<ServiceHandle> {
             Err(e) => warn!(error = %e, "HTTP side port task"),
             Ok(Ok(())) => {}
         }
-        result
+        result.and(learned)
     });
     Ok(ServiceHandle {
         http_addr,

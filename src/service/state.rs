@@ -5,12 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tracing::{info, warn};
 
 use crate::metrics::{Metrics, ObserveMetrics};
 use crate::model::{LoadedModel, ModelError, ModelStore};
+use crate::online::Overlay;
 use crate::stats::observe::About;
 use crate::stats::{Observer, StatsConfig};
 
@@ -21,6 +22,8 @@ pub struct ServiceState {
     pub health: Health,
     /// Windowed statistics, drift, the status page's figures and the shadow model.
     pub observe: Observer,
+    /// What the recommender learned from feedback, when `--feedback-topic` is set.
+    pub online: OnceLock<Arc<Overlay>>,
 }
 
 impl ServiceState {
@@ -39,6 +42,7 @@ impl ServiceState {
             assignment: Assignment::default(),
             health: Health::default(),
             observe,
+            online: OnceLock::new(),
         })
     }
 
@@ -73,6 +77,11 @@ impl ServiceState {
                 Err(e)
             }
         }
+    }
+
+    /// The learned-users overlay scoring consults, if online learning is on.
+    pub fn overlay(&self) -> Option<&Overlay> {
+        self.online.get().map(|o| &**o)
     }
 
     /// Reloads the model (the configured file, or `path` in its directory) and records the

@@ -17,6 +17,7 @@ use super::window::{Closed, TimeBasis, Windows};
 use super::{now_ms, StatsConfig};
 use crate::metrics::ObserveMetrics;
 use crate::model::LoadedModel;
+use crate::online::Overlay;
 use crate::record::{Reason, SourcePosition};
 use crate::shadow::{Shadow, ShadowCounters};
 use crate::transform::{transform_batch_watched, Input, Outcome, Watch};
@@ -318,6 +319,7 @@ impl Observer {
     pub fn transform<M: Message>(
         &self,
         model: &Arc<LoadedModel>,
+        overlay: Option<&Overlay>,
         records: &[M],
         max_record_bytes: usize,
         opened: Instant,
@@ -335,7 +337,8 @@ impl Observer {
             .collect();
         let shadowed = self.shadow.is_active();
         if !self.config.enabled && !shadowed {
-            let outcomes = crate::transform::transform_batch(model, &inputs, max_record_bytes);
+            let outcomes =
+                crate::transform::transform_batch_with(model, overlay, &inputs, max_record_bytes);
             let scored_at = Instant::now();
             self.consumed.inc_by(records.len() as u64);
             self.process
@@ -344,7 +347,8 @@ impl Observer {
             return outcomes;
         }
         let mut collector = Collector::new(model, self.config.enabled);
-        let outcomes = transform_batch_watched(model, &inputs, max_record_bytes, &mut collector);
+        let outcomes =
+            transform_batch_watched(model, overlay, &inputs, max_record_bytes, &mut collector);
         let scored_at = Instant::now();
         self.consumed.inc_by(records.len() as u64);
         self.process

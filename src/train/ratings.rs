@@ -269,16 +269,24 @@ fn user_counts<R: Rng>(rng: &mut R, users: usize, items: usize, total: usize) ->
     counts
 }
 
+/// The timestamp of each rating, as `write` puts them in `u.data`: uniform over the span,
+/// from their own random stream so that they do not shift the ratings.
+pub fn timestamps(synthetic: &Synthetic) -> Vec<i64> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(synthetic.params.seed ^ 0x7469_6d65);
+    synthetic
+        .ratings
+        .iter()
+        .map(|_| FIRST_TIMESTAMP + rng.gen_range(0..TIMESTAMP_SPAN))
+        .collect()
+}
+
 /// Writes `dir/u.data` (tab-separated `user item rating timestamp`) and `dir/u.item`
 /// (`id|title|release date|video release date|URL|19 genre flags`), as in MovieLens 100k.
 pub fn write(synthetic: &Synthetic, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // Timestamps come from their own stream so that they do not shift the ratings.
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(synthetic.params.seed ^ 0x7469_6d65);
     let data_path = dir.join("u.data");
     write_lines(&data_path, |out| {
-        for r in &synthetic.ratings {
-            let timestamp = FIRST_TIMESTAMP + rng.gen_range(0..TIMESTAMP_SPAN);
+        for (r, timestamp) in synthetic.ratings.iter().zip(timestamps(synthetic)) {
             // `{}` on f32 prints the shortest text that reads back as the same number.
             writeln!(out, "{}\t{}\t{}\t{timestamp}", r.user, r.item, r.rating)?;
         }

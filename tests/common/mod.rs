@@ -165,6 +165,7 @@ impl TestBroker {
             http_addr: "127.0.0.1:0".parse().expect("loopback address"),
             admin_token: admin_token.map(str::to_owned),
             observe,
+            feedback: None,
         })
         .await
         .expect("service starts")
