@@ -154,18 +154,9 @@ fn score_pmml(
 ) -> Vec<Outcome> {
     let n_features = pmml.features().len();
     let mut decoder = PmmlDecoder::new(pmml, &model.meta.features);
-    let mut matrix = Vec::with_capacity(inputs.len() * n_features);
-    let mut decoded: Vec<Result<Option<&RawValue>, Rejection>> = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let start = matrix.len();
-        matrix.resize(start + n_features, f64::NAN);
-        let result = payload_text(input.payload, max_bytes)
-            .and_then(|text| decoder.decode(text, &mut matrix[start..]));
-        if result.is_err() {
-            matrix.truncate(start);
-        }
-        decoded.push(result);
-    }
+    let (matrix, decoded) = decode_rows(inputs, max_bytes, n_features, |text, row| {
+        decoder.decode(text, row)
+    });
     watch.rows(&matrix, n_features);
     watch.decoded();
     let predictions = pmml.predict_rows(&matrix);
@@ -182,22 +173,38 @@ fn score_ensemble(
 ) -> Vec<Outcome> {
     let n_features = model.meta.features.len();
     let mut decoder = EnsembleDecoder::new(&model.meta.features);
+    let (matrix, decoded) = decode_rows(inputs, max_bytes, n_features, |text, row| {
+        decoder.decode(text, row)
+    });
+    watch.rows(&matrix, n_features);
+    watch.decoded();
+    let predictions = ensemble.predict_rows(&matrix);
+    encode_predictions(model, inputs, decoded, predictions, watch)
+}
+
+/// Rows of `n_features` (missing values NaN), one per record that decodes, in input order,
+/// and each record's id or rejection.
+type DecodedRows<'a> = (Vec<f64>, Vec<Result<Option<&'a RawValue>, Rejection>>);
+
+fn decode_rows<'a>(
+    inputs: &[Input<'a>],
+    max_bytes: usize,
+    n_features: usize,
+    mut decode: impl FnMut(&'a str, &mut [f64]) -> Result<Option<&'a RawValue>, Rejection>,
+) -> DecodedRows<'a> {
     let mut matrix = Vec::with_capacity(inputs.len() * n_features);
-    let mut decoded: Vec<Result<Option<&RawValue>, Rejection>> = Vec::with_capacity(inputs.len());
+    let mut decoded = Vec::with_capacity(inputs.len());
     for input in inputs {
         let start = matrix.len();
         matrix.resize(start + n_features, f64::NAN);
         let result = payload_text(input.payload, max_bytes)
-            .and_then(|text| decoder.decode(text, &mut matrix[start..]));
+            .and_then(|text| decode(text, &mut matrix[start..]));
         if result.is_err() {
             matrix.truncate(start);
         }
         decoded.push(result);
     }
-    watch.rows(&matrix, n_features);
-    watch.decoded();
-    let predictions = ensemble.predict_rows(&matrix);
-    encode_predictions(model, inputs, decoded, predictions, watch)
+    (matrix, decoded)
 }
 
 /// Predictions (one per decoded record, in order) and rejections back into input order.
