@@ -432,7 +432,20 @@ async fn preload(brokers: &str, topic: &str, n: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn serve_until_done(
+/// What one service run measured, from its first record in to its last commit.
+struct ServiceRun {
+    /// The last `/metrics` text, read once every record was done.
+    metrics: String,
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_rss_mb: f64,
+    start_up: child::StartUp,
+}
+
+/// Starts the service as a child process and watches it until `records` records are done,
+/// handing every `/metrics` read to `tick` (to pace a side load by the service's progress).
+#[allow(clippy::too_many_arguments)]
+async fn run_service(
     args: &BenchArgs,
     brokers: &str,
     topics: &BenchTopics,
@@ -440,7 +453,8 @@ async fn serve_until_done(
     model: &Path,
     records: usize,
     extra_args: &[&str],
-) -> anyhow::Result<RunFigures> {
+    mut tick: impl FnMut(&str),
+) -> anyhow::Result<ServiceRun> {
     let mut child = spawn_service(args, brokers, topics, output, model, extra_args)?;
     let start_up = wait_ready(&mut child, Duration::from_secs(60)).await?;
     // Polled often until the first record is in (nothing flows yet, so it costs the service
@@ -455,6 +469,7 @@ async fn serve_until_done(
         if first_in.is_none() && metric_sum(&metrics, "streamscore_records_in_total") > 0.0 {
             first_in = Some((SystemTime::now(), process_usage(child.child.id())?.0));
         }
+        tick(&metrics);
         let done = metric_sum(&metrics, "streamscore_records_out_total")
             + metric_sum(&metrics, "streamscore_records_dead_lettered_total");
         if done >= records as f64 {
@@ -476,27 +491,56 @@ async fn serve_until_done(
     let seconds = last_commit
         .duration_since(first_seen)
         .map_or(0.0, |d| d.as_secs_f64());
-    let cpu_seconds = cpu_total - cpu_at_first;
+    Ok(ServiceRun {
+        metrics,
+        seconds,
+        cpu_seconds: cpu_total - cpu_at_first,
+        peak_rss_mb,
+        start_up,
+    })
+}
+
+async fn serve_until_done(
+    args: &BenchArgs,
+    brokers: &str,
+    topics: &BenchTopics,
+    output: &str,
+    model: &Path,
+    records: usize,
+    extra_args: &[&str],
+) -> anyhow::Result<RunFigures> {
+    let run = run_service(
+        args,
+        brokers,
+        topics,
+        output,
+        model,
+        records,
+        extra_args,
+        |_| {},
+    )
+    .await?;
+    let metrics = &run.metrics;
     Ok(RunFigures {
         model: model.display().to_string(),
         records,
-        seconds,
-        records_per_second: records as f64 / seconds.max(1e-9),
-        batch_latency_p50_ms: batch_latency_ms(&metrics, 0.5),
-        batch_latency_p99_ms: batch_latency_ms(&metrics, 0.99),
-        cpu_seconds,
-        cpu_us_per_record: cpu_seconds * 1e6 / records.max(1) as f64,
-        peak_rss_mb,
-        start_to_serving_ms: start_up.serving.as_secs_f64() * 1e3,
-        start_to_ready_ms: start_up.ready.as_secs_f64() * 1e3,
+        seconds: run.seconds,
+        records_per_second: records as f64 / run.seconds.max(1e-9),
+        batch_latency_p50_ms: batch_latency_ms(metrics, 0.5),
+        batch_latency_p99_ms: batch_latency_ms(metrics, 0.99),
+        cpu_seconds: run.cpu_seconds,
+        cpu_us_per_record: run.cpu_seconds * 1e6 / records.max(1) as f64,
+        peak_rss_mb: run.peak_rss_mb,
+        start_to_serving_ms: run.start_up.serving.as_secs_f64() * 1e3,
+        start_to_ready_ms: run.start_up.ready.as_secs_f64() * 1e3,
         shadow_compared: metric_sum(
-            &metrics,
+            metrics,
             "streamscore_shadow_records_total{result=\"agreed\"}",
         ) + metric_sum(
-            &metrics,
+            metrics,
             "streamscore_shadow_records_total{result=\"disagreed\"}",
         ),
-        shadow_dropped: metric_sum(&metrics, "streamscore_shadow_dropped_records_total"),
+        shadow_dropped: metric_sum(metrics, "streamscore_shadow_dropped_records_total"),
     })
 }
 

@@ -9,18 +9,16 @@
 //! request rate (the report gives how many it applied in the window).
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureRecord};
 use serde::Serialize;
 
-use super::child::{
-    batch_latency_ms, http_get, metric_sum, process_usage, spawn_service, wait_ready,
-};
+use super::child::{batch_latency_ms, metric_sum};
 use super::references::{self, ReferenceFigures};
-use super::{create_topic, producer, BenchArgs, BenchTopics};
+use super::{create_topic, producer, run_service, BenchArgs, BenchTopics};
 
 /// Feedback events per request pre-loaded.
 const FEEDBACK_SHARE: f64 = 0.1;
@@ -204,68 +202,51 @@ async fn serve(
     name: &str,
     feedback: Option<(&str, f64)>,
 ) -> anyhow::Result<OnlineRun> {
-    let mut child = spawn_service(args, brokers, topics, output, model, extra_args)?;
-    wait_ready(&mut child, Duration::from_secs(60)).await?;
     let sender = match feedback {
         Some(_) => Some(producer(brokers, "5")?),
         None => None,
     };
     let mut sent = 0usize;
-    let mut first_in: Option<(SystemTime, f64)> = None;
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    let metrics = loop {
-        let Some((_, metrics)) = http_get(child.http, "/metrics").await else {
-            bail!("the service stopped answering");
+    let send_feedback = |metrics: &str| {
+        let (Some(producer), Some((topic, share))) = (&sender, feedback) else {
+            return;
         };
-        if first_in.is_none() && metric_sum(&metrics, "streamscore_records_in_total") > 0.0 {
-            first_in = Some((SystemTime::now(), process_usage(child.child.id())?.0));
-        }
-        if let (Some(producer), Some((topic, share))) = (&sender, feedback) {
-            let due = (metric_sum(&metrics, "streamscore_records_in_total") * share) as usize;
-            while sent < due {
-                let (key, value) = feedback_event(sent);
-                // Delivery is not awaited: the sender must keep its pace.
-                if producer
-                    .send_result(FutureRecord::to(topic).key(&key).payload(&value))
-                    .is_err()
-                {
-                    break;
-                }
-                sent += 1;
+        let due = (metric_sum(metrics, "streamscore_records_in_total") * share) as usize;
+        while sent < due {
+            let (key, value) = feedback_event(sent);
+            // Delivery is not awaited: the sender must keep its pace.
+            if producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&value))
+                .is_err()
+            {
+                break;
             }
+            sent += 1;
         }
-        let done = metric_sum(&metrics, "streamscore_records_out_total")
-            + metric_sum(&metrics, "streamscore_records_dead_lettered_total");
-        if done >= records as f64 {
-            break metrics;
-        }
-        if Instant::now() > deadline {
-            bail!("only {done} of {records} records done after an hour");
-        }
-        let pause = if first_in.is_some() { 100 } else { 2 };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
     };
-    let (cpu_total, peak_rss_mb) = process_usage(child.child.id())?;
-    let (first_seen, cpu_at_first) = first_in.unwrap_or((SystemTime::now(), 0.0));
-    let last_commit = UNIX_EPOCH
-        + Duration::from_secs_f64(metric_sum(
-            &metrics,
-            "streamscore_last_commit_timestamp_seconds",
-        ));
-    let seconds = last_commit
-        .duration_since(first_seen)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let cpu_seconds = cpu_total - cpu_at_first;
+    let run = run_service(
+        args,
+        brokers,
+        topics,
+        output,
+        model,
+        records,
+        extra_args,
+        send_feedback,
+    )
+    .await?;
+    let (metrics, seconds, cpu_seconds, peak_rss_mb) =
+        (&run.metrics, run.seconds, run.cpu_seconds, run.peak_rss_mb);
     Ok(OnlineRun {
         name: name.to_owned(),
         records,
         seconds,
         records_per_second: records as f64 / seconds.max(1e-9),
         cpu_us_per_record: cpu_seconds * 1e6 / records.max(1) as f64,
-        batch_latency_p50_ms: batch_latency_ms(&metrics, 0.5),
-        batch_latency_p99_ms: batch_latency_ms(&metrics, 0.99),
+        batch_latency_p50_ms: batch_latency_ms(metrics, 0.5),
+        batch_latency_p99_ms: batch_latency_ms(metrics, 0.99),
         peak_rss_mb,
-        feedback_applied: metric_sum(&metrics, "streamscore_feedback_events_total"),
+        feedback_applied: metric_sum(metrics, "streamscore_feedback_events_total"),
         feedback_sent: sent as f64,
     })
 }
