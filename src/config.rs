@@ -5,7 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use crate::pipeline::Guarantee;
+use crate::record::registry::output::PREDICTION_SCHEMA;
+use crate::record::registry::{
+    InputFormat, OutputFormat, OutputSchema, RecordFormat, RegistrySettings,
+};
 use crate::record::DEFAULT_MAX_RECORD_BYTES;
 use crate::stats::{StatsConfig, StatsTime};
 
@@ -213,6 +219,105 @@ pub struct ServeArgs {
     pub observe: ObserveArgs,
     #[command(flatten)]
     pub online: OnlineArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Environment variable holding the Schema Registry password (Confluent Cloud: the API
+/// secret), when no password file is given; never a flag.
+pub const REGISTRY_PASSWORD_ENV: &str = "STREAMSCORE_SCHEMA_REGISTRY_PASSWORD";
+
+/// Schema Registry input and output (see README: Schema Registry).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Schema Registry base URL (Confluent, Karapace, Redpanda), e.g. http://registry:8081.
+    #[arg(long, env = "STREAMSCORE_SCHEMA_REGISTRY")]
+    pub schema_registry: Option<String>,
+    /// Basic-auth user for the registry (Confluent Cloud: the API key).
+    #[arg(long, env = "STREAMSCORE_SCHEMA_REGISTRY_USER", requires = "schema_registry")]
+    pub schema_registry_user: Option<String>,
+    /// File holding the registry password (else `STREAMSCORE_SCHEMA_REGISTRY_PASSWORD`).
+    #[arg(long, env = "STREAMSCORE_SCHEMA_REGISTRY_PASSWORD_FILE", requires = "schema_registry_user")]
+    pub schema_registry_password_file: Option<PathBuf>,
+    /// Bound on one registry call (connect and read); only a schema id's first record waits.
+    #[arg(long, env = "STREAMSCORE_SCHEMA_REGISTRY_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub schema_registry_timeout: Duration,
+    /// How input values are framed.
+    #[arg(long, env = "STREAMSCORE_INPUT_FORMAT", value_enum, default_value_t)]
+    pub input_format: InputFormat,
+    /// How output values are framed.
+    #[arg(long, env = "STREAMSCORE_OUTPUT_FORMAT", value_enum, default_value_t)]
+    pub output_format: OutputFormat,
+    /// Subject the output schema is registered under (default: `<output-topic>-value`).
+    #[arg(long, env = "STREAMSCORE_OUTPUT_SUBJECT", conflicts_with = "output_schema_id")]
+    pub output_subject: Option<String>,
+    /// Avro schema file to register for the output (default: the built-in prediction schema).
+    #[arg(long, env = "STREAMSCORE_OUTPUT_SCHEMA", conflicts_with = "output_schema_id")]
+    pub output_schema: Option<PathBuf>,
+    /// An already registered output schema id, instead of registering one.
+    #[arg(long, env = "STREAMSCORE_OUTPUT_SCHEMA_ID")]
+    pub output_schema_id: Option<u32>,
+}
+
+impl RegistryArgs {
+    pub fn record_format(
+        &self,
+        output_topic: &str,
+        password_from_env: Option<String>,
+    ) -> anyhow::Result<RecordFormat> {
+        let format = RecordFormat {
+            input: self.input_format,
+            output: self.output_format,
+            registry: None,
+            output_schema: None,
+        };
+        if format.is_json() {
+            return Ok(format);
+        }
+        let Some(url) = &self.schema_registry else {
+            anyhow::bail!("--input-format/--output-format other than json need --schema-registry URL");
+        };
+        let password = match &self.schema_registry_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| {
+                        format!("reading the schema registry password file {}", path.display())
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => password_from_env,
+        };
+        let basic_auth = self
+            .schema_registry_user
+            .clone()
+            .map(|user| (user, password.unwrap_or_default()));
+        let output_schema = match (self.output_format, self.output_schema_id) {
+            (OutputFormat::Json, _) => None,
+            (OutputFormat::Avro, Some(id)) => Some(OutputSchema::Id(id)),
+            (OutputFormat::Avro, None) => Some(OutputSchema::Register {
+                subject: self
+                    .output_subject
+                    .clone()
+                    .unwrap_or_else(|| format!("{output_topic}-value")),
+                schema: match &self.output_schema {
+                    Some(path) => std::fs::read_to_string(path).with_context(|| {
+                        format!("reading the output schema {}", path.display())
+                    })?,
+                    None => PREDICTION_SCHEMA.to_owned(),
+                },
+            }),
+        };
+        Ok(RecordFormat {
+            registry: Some(RegistrySettings {
+                url: url.trim_end_matches('/').to_owned(),
+                basic_auth,
+                timeout: self.schema_registry_timeout,
+            }),
+            output_schema,
+            ..format
+        })
+    }
 }
 
 /// Windowed statistics, drift and the shadow model.
@@ -342,6 +447,10 @@ impl ServeArgs {
             .as_deref()
             .map(str::trim)
             .filter(|id| !id.is_empty());
+        if self.registry.input_format != InputFormat::Json && self.observe.shadow_model.is_some() {
+            // The shadow model re-reads the consumed values, which would be framed bytes.
+            anyhow::bail!("--shadow-model reads JSON input only; it cannot be combined with --input-format {:?}", self.registry.input_format);
+        }
         Ok(crate::pipeline::PipelineConfig {
             brokers: self.kafka.brokers.clone(),
             properties: self.kafka.all_properties()?,
@@ -356,6 +465,9 @@ impl ServeArgs {
             max_batch: self.max_batch as usize,
             max_batch_bytes: self.max_batch_bytes,
             max_record_bytes: self.max_record_bytes,
+            format: self
+                .registry
+                .record_format(&self.output_topic, std::env::var(REGISTRY_PASSWORD_ENV).ok())?,
             guarantee: match self.guarantee {
                 GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
                 GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce {

@@ -124,6 +124,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             max_batch_bytes: crate::pipeline::DEFAULT_MAX_BATCH_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             guarantee: Default::default(),
+            format: Default::default(),
         },
         model: args.model.clone(),
         allow_kind_change: true,

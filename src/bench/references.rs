@@ -53,6 +53,7 @@ fn settings(
         max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         max_record_bytes: usize::MAX,
         guarantee: Default::default(),
+        format: Default::default(),
     }
 }
 

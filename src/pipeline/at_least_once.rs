@@ -16,6 +16,7 @@ use super::in_flight::InFlight;
 use super::sink::Sink;
 use super::source::Consumer;
 use super::{PipelineConfig, Stop};
+use crate::record::registry::Framing;
 use crate::service::state::ServiceState;
 
 /// How often a wait for a free in-flight slot checks whether it should give up.
@@ -29,6 +30,8 @@ pub fn run(
     in_flight: &Arc<InFlight>,
     stop: &Stop,
 ) -> anyhow::Result<()> {
+    // Opened here, on the scoring thread, where its blocking registry client lives.
+    let mut framing = Framing::open(&config.format).context("schema registry")?;
     let (to_commit, produced) = mpsc::channel::<ProducedBatch>();
     let commit_failed = Arc::new(AtomicBool::new(false));
     let committer = {
@@ -62,6 +65,7 @@ pub fn run(
                 &batch.records,
                 config.max_record_bytes,
                 batch.opened,
+                &mut framing,
             );
             // Not `give_up`: a shutdown still finishes the batch it holds, and the commit
             // stage keeps freeing slots until the pipeline has failed.

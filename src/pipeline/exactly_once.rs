@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use super::acks::BatchAcks;
 use super::batch::Batcher;
 use super::replays::Replays;
@@ -12,6 +14,7 @@ use super::sink::Sink;
 use super::source::Consumer;
 use super::transaction::{self, BatchResult, KafkaTransactions};
 use super::{PipelineConfig, Stop};
+use crate::record::registry::Framing;
 use crate::service::state::ServiceState;
 
 pub fn run(
@@ -27,6 +30,8 @@ pub fn run(
         consumer,
         input_topic: &config.input_topic,
     };
+    // Opened here, on the scoring thread, where its blocking registry client lives.
+    let mut framing = Framing::open(&config.format).context("schema registry")?;
     let batcher = Batcher::new(config.batch_limits());
     let metrics = &state.metrics;
     let give_up = || stop.requested();
@@ -39,6 +44,7 @@ pub fn run(
             &batch.records,
             config.max_record_bytes,
             batch.opened,
+            &mut framing,
         );
         replays.apply(&batch.records, &mut outcomes);
         let acks = Arc::new(BatchAcks::new(batch.records.len()));

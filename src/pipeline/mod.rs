@@ -71,6 +71,8 @@ pub struct PipelineConfig {
     pub max_batch_bytes: usize,
     pub max_record_bytes: usize,
     pub guarantee: Guarantee,
+    /// JSON (default) or Schema Registry framing of input and output values.
+    pub format: crate::record::registry::RecordFormat,
 }
 
 impl PipelineConfig {

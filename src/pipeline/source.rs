@@ -288,6 +288,7 @@ mod tests {
             max_batch_bytes: 1 << 20,
             max_record_bytes: 1 << 20,
             guarantee: Guarantee::AtLeastOnce,
+            format: Default::default(),
         }
     }
 

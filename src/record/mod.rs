@@ -4,6 +4,7 @@ pub mod decode;
 pub mod decode_ensemble;
 pub mod decode_pmml;
 pub mod encode;
+pub mod registry;
 pub mod trace;
 
 use std::fmt;
@@ -35,10 +36,23 @@ pub enum Reason {
     /// The broker refused the record's output for good (too large, invalid for the topic),
     /// even after re-sending: the input is named, not carried (see README: poison records).
     Undeliverable,
+    /// A Schema Registry input that does not start with the Confluent wire format's magic
+    /// byte and schema id.
+    NotFramed,
+    /// The registry does not know the record's schema id (HTTP 404).
+    UnknownSchema,
+    /// The registry could not be asked (refused, timed out, 5xx, auth refused) for a schema
+    /// id this instance has not cached yet.
+    RegistryUnavailable,
+    /// The record does not decode with (or validate against) its registered schema, or its
+    /// schema is of another type than `--input-format`.
+    SchemaMismatch,
+    /// The prediction does not fit the output schema (`--output-schema`).
+    OutputSchemaMismatch,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::NotUtf8,
@@ -54,6 +68,11 @@ impl Reason {
         Reason::InvalidValue,
         Reason::NoPrediction,
         Reason::Undeliverable,
+        Reason::NotFramed,
+        Reason::UnknownSchema,
+        Reason::RegistryUnavailable,
+        Reason::SchemaMismatch,
+        Reason::OutputSchemaMismatch,
     ];
 
     pub fn code(self) -> &'static str {
@@ -73,6 +92,11 @@ impl Reason {
             Reason::InvalidValue => "invalid_value",
             Reason::NoPrediction => "no_prediction",
             Reason::Undeliverable => "undeliverable",
+            Reason::NotFramed => "not_framed",
+            Reason::UnknownSchema => "unknown_schema",
+            Reason::RegistryUnavailable => "registry_unavailable",
+            Reason::SchemaMismatch => "schema_mismatch",
+            Reason::OutputSchemaMismatch => "output_schema_mismatch",
         }
     }
 

@@ -18,6 +18,7 @@ use super::{now_ms, StatsConfig};
 use crate::metrics::ObserveMetrics;
 use crate::model::LoadedModel;
 use crate::online::Overlay;
+use crate::record::registry::Framing;
 use crate::record::{Reason, SourcePosition};
 use crate::shadow::{Shadow, ShadowCounters};
 use crate::transform::{transform_batch_watched, Input, Outcome, Watch};
@@ -323,22 +324,53 @@ impl Observer {
         records: &[M],
         max_record_bytes: usize,
         opened: Instant,
+        framing: &mut Framing,
+    ) -> Vec<Outcome> {
+        let mut outcomes =
+            self.transform_json(model, overlay, records, max_record_bytes, opened, framing);
+        framing.encode_outputs(&mut outcomes);
+        outcomes
+    }
+
+    fn transform_json<M: Message>(
+        &self,
+        model: &Arc<LoadedModel>,
+        overlay: Option<&Overlay>,
+        records: &[M],
+        max_record_bytes: usize,
+        opened: Instant,
+        framing: &mut Framing,
     ) -> Vec<Outcome> {
         let started = Instant::now();
+        // Registry input: each record as JSON, or its rejection (then scored as absent and
+        // its outcome replaced below, before anything is counted).
+        let framed = framing.decode_all(records.iter().map(|r| r.payload()), max_record_bytes);
         let inputs: Vec<Input<'_>> = records
             .iter()
-            .map(|r| Input {
-                payload: r.payload(),
+            .enumerate()
+            .map(|(i, r)| Input {
+                payload: match framed.get(i) {
+                    None => r.payload(),
+                    Some(Ok(json)) => Some(json.as_slice()),
+                    Some(Err(_)) => None,
+                },
                 source: SourcePosition {
                     partition: r.partition(),
                     offset: r.offset(),
                 },
             })
             .collect();
+        // The size limit applied to the framed bytes; their JSON may be larger.
+        let max_record_bytes = if framed.is_empty() {
+            max_record_bytes
+        } else {
+            usize::MAX
+        };
         let shadowed = self.shadow.is_active();
         if !self.config.enabled && !shadowed {
-            let outcomes =
+            let mut outcomes =
                 crate::transform::transform_batch_with(model, overlay, &inputs, max_record_bytes);
+            Framing::reject_inputs(framed, &mut outcomes);
             let scored_at = Instant::now();
             self.consumed.inc_by(records.len() as u64);
             self.process
@@ -347,8 +379,9 @@ impl Observer {
             return outcomes;
         }
         let mut collector = Collector::new(model, self.config.enabled);
-        let outcomes =
+        let mut outcomes =
             transform_batch_watched(model, overlay, &inputs, max_record_bytes, &mut collector);
+        Framing::reject_inputs(framed, &mut outcomes);
         let scored_at = Instant::now();
         self.consumed.inc_by(records.len() as u64);
         self.process

@@ -132,6 +132,7 @@ impl TestBroker {
             max_batch_bytes: streamscore::pipeline::DEFAULT_MAX_BATCH_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             guarantee: Default::default(),
+            format: Default::default(),
         }
     }
 

@@ -1,0 +1,108 @@
+//! Schema Registry output: the prediction JSON, written as Avro in the Confluent wire format
+//! under a schema registered once at start-up (or named by id).
+
+use apache_avro::types::Value as AvroValue;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use schema_registry_converter::blocking::schema_registry::{
+    get_schema_by_id_and_type, post_schema, SrSettings,
+};
+use schema_registry_converter::schema_registry_common::{get_payload, SchemaType, SuppliedSchema};
+
+use super::OutputSchema;
+use crate::record::{Reason, Rejection};
+
+/// The schema registered when `--output-schema` names no file: classifications and
+/// regressions (recommendations need a schema of their own).
+pub const PREDICTION_SCHEMA: &str = include_str!("prediction.avsc");
+
+pub struct AvroOutput {
+    id: u32,
+    schema: Schema,
+}
+
+impl AvroOutput {
+    /// Registers the schema under the subject (the registry answers with the existing id if
+    /// it already has it) or fetches the configured id. Called once, before the first batch.
+    pub fn open(settings: &SrSettings, schema: &OutputSchema) -> anyhow::Result<Self> {
+        let registered = match schema {
+            OutputSchema::Register { subject, schema } => {
+                // Refuse a schema we cannot write with before the registry stores it.
+                Schema::parse_str(schema).map_err(|e| anyhow::anyhow!("output schema: {e}"))?;
+                post_schema(
+                    settings,
+                    subject.clone(),
+                    SuppliedSchema::new(None, SchemaType::Avro, schema.clone()),
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!("registering the output schema under subject {subject}: {e}")
+                })?
+            }
+            OutputSchema::Id(id) => get_schema_by_id_and_type(*id, settings, SchemaType::Avro)
+                .map_err(|e| anyhow::anyhow!("fetching output schema id {id}: {e}"))?,
+        };
+        let schema = Schema::parse_str(&registered.schema).map_err(|e| {
+            anyhow::anyhow!("output schema id {} does not parse: {e}", registered.id)
+        })?;
+        Ok(Self {
+            id: registered.id,
+            schema,
+        })
+    }
+
+    pub fn schema_id(&self) -> u32 {
+        self.id
+    }
+
+    /// One output record's JSON as a framed Avro value of the output schema.
+    pub fn encode(&self, json: &[u8]) -> Result<Vec<u8>, Rejection> {
+        let mismatch = |e: &dyn std::fmt::Display| {
+            Rejection::new(
+                Reason::OutputSchemaMismatch,
+                format!("the prediction does not fit output schema id {}: {e}", self.id),
+            )
+        };
+        let json: serde_json::Value = serde_json::from_slice(json).map_err(|e| mismatch(&e))?;
+        let value = AvroValue::try_from(json)
+            .and_then(|v| v.resolve(&self.schema))
+            .map_err(|e| mismatch(&e))?;
+        let datum = GenericDatumWriter::builder(&self.schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value))
+            .map_err(|e| mismatch(&e))?;
+        Ok(get_payload(self.id, datum))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output() -> AvroOutput {
+        AvroOutput {
+            id: 42,
+            schema: Schema::parse_str(PREDICTION_SCHEMA).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_classification_round_trips_through_the_shipped_schema() {
+        let json = br#"{"id":"k1","label":"b","probabilities":{"a":0.25,"b":0.75},"model_version":"rf-1","partition":2,"offset":9}"#;
+        let framed = output().encode(json).unwrap();
+        assert_eq!(&framed[..5], &[0, 0, 0, 0, 42], "magic byte and id");
+        let schema = Schema::parse_str(PREDICTION_SCHEMA).unwrap();
+        let value = apache_avro::from_avro_datum(&schema, &mut &framed[5..], None).unwrap();
+        let back = serde_json::Value::try_from(value).unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"id":"k1","label":"b","probabilities":{"a":0.25,"b":0.75},
+                "prediction":null,"model_version":"rf-1","partition":2,"offset":9})
+        );
+    }
+
+    #[test]
+    fn a_prediction_that_does_not_fit_is_refused_with_its_reason() {
+        let r = output().encode(br#"{"uid":1,"items":[]}"#).unwrap_err();
+        assert_eq!(r.reason, Reason::OutputSchemaMismatch, "{r}");
+    }
+}
