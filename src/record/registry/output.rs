@@ -91,7 +91,10 @@ mod tests {
         let framed = output().encode(json).unwrap();
         assert_eq!(&framed[..5], &[0, 0, 0, 0, 42], "magic byte and id");
         let schema = Schema::parse_str(PREDICTION_SCHEMA).unwrap();
-        let value = apache_avro::from_avro_datum(&schema, &mut &framed[5..], None).unwrap();
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .and_then(|r| r.read_value(&mut &framed[5..]))
+            .unwrap();
         let back = serde_json::Value::try_from(value).unwrap();
         assert_eq!(
             back,
