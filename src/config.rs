@@ -234,10 +234,18 @@ pub struct RegistryArgs {
     #[arg(long, env = "STREAMSCORE_SCHEMA_REGISTRY")]
     pub schema_registry: Option<String>,
     /// Basic-auth user for the registry (Confluent Cloud: the API key).
-    #[arg(long, env = "STREAMSCORE_SCHEMA_REGISTRY_USER", requires = "schema_registry")]
+    #[arg(
+        long,
+        env = "STREAMSCORE_SCHEMA_REGISTRY_USER",
+        requires = "schema_registry"
+    )]
     pub schema_registry_user: Option<String>,
     /// File holding the registry password (else `STREAMSCORE_SCHEMA_REGISTRY_PASSWORD`).
-    #[arg(long, env = "STREAMSCORE_SCHEMA_REGISTRY_PASSWORD_FILE", requires = "schema_registry_user")]
+    #[arg(
+        long,
+        env = "STREAMSCORE_SCHEMA_REGISTRY_PASSWORD_FILE",
+        requires = "schema_registry_user"
+    )]
     pub schema_registry_password_file: Option<PathBuf>,
     /// Bound on one registry call (connect and read); only a schema id's first record waits.
     #[arg(long, env = "STREAMSCORE_SCHEMA_REGISTRY_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -249,10 +257,18 @@ pub struct RegistryArgs {
     #[arg(long, env = "STREAMSCORE_OUTPUT_FORMAT", value_enum, default_value_t)]
     pub output_format: OutputFormat,
     /// Subject the output schema is registered under (default: `<output-topic>-value`).
-    #[arg(long, env = "STREAMSCORE_OUTPUT_SUBJECT", conflicts_with = "output_schema_id")]
+    #[arg(
+        long,
+        env = "STREAMSCORE_OUTPUT_SUBJECT",
+        conflicts_with = "output_schema_id"
+    )]
     pub output_subject: Option<String>,
     /// Avro schema file to register for the output (default: the built-in prediction schema).
-    #[arg(long, env = "STREAMSCORE_OUTPUT_SCHEMA", conflicts_with = "output_schema_id")]
+    #[arg(
+        long,
+        env = "STREAMSCORE_OUTPUT_SCHEMA",
+        conflicts_with = "output_schema_id"
+    )]
     pub output_schema: Option<PathBuf>,
     /// An already registered output schema id, instead of registering one.
     #[arg(long, env = "STREAMSCORE_OUTPUT_SCHEMA_ID")]
@@ -275,13 +291,18 @@ impl RegistryArgs {
             return Ok(format);
         }
         let Some(url) = &self.schema_registry else {
-            anyhow::bail!("--input-format/--output-format other than json need --schema-registry URL");
+            anyhow::bail!(
+                "--input-format/--output-format other than json need --schema-registry URL"
+            );
         };
         let password = match &self.schema_registry_password_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
                     .with_context(|| {
-                        format!("reading the schema registry password file {}", path.display())
+                        format!(
+                            "reading the schema registry password file {}",
+                            path.display()
+                        )
                     })?
                     .trim_end_matches(['\r', '\n'])
                     .to_owned(),
@@ -301,9 +322,8 @@ impl RegistryArgs {
                     .clone()
                     .unwrap_or_else(|| format!("{output_topic}-value")),
                 schema: match &self.output_schema {
-                    Some(path) => std::fs::read_to_string(path).with_context(|| {
-                        format!("reading the output schema {}", path.display())
-                    })?,
+                    Some(path) => std::fs::read_to_string(path)
+                        .with_context(|| format!("reading the output schema {}", path.display()))?,
                     None => PREDICTION_SCHEMA.to_owned(),
                 },
             }),
@@ -465,9 +485,10 @@ impl ServeArgs {
             max_batch: self.max_batch as usize,
             max_batch_bytes: self.max_batch_bytes,
             max_record_bytes: self.max_record_bytes,
-            format: self
-                .registry
-                .record_format(&self.output_topic, std::env::var(REGISTRY_PASSWORD_ENV).ok())?,
+            format: self.registry.record_format(
+                &self.output_topic,
+                std::env::var(REGISTRY_PASSWORD_ENV).ok(),
+            )?,
             guarantee: match self.guarantee {
                 GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
                 GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce {

@@ -98,7 +98,13 @@ impl MockRegistry {
     }
 
     fn gets(&self, id: u32) -> usize {
-        self.state.lock().unwrap().gets.get(&id).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .unwrap()
+            .gets
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn latest(&self, subject: &str) -> (u32, String) {
@@ -179,7 +185,9 @@ fn sr(url: &str) -> SrSettings {
 
 /// The blocking serializers must not run (or be dropped) on the async runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("serializer thread")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("serializer thread")
 }
 
 fn strategy(topic: &str, schema_type: SchemaType, schema: &str) -> SubjectNameStrategy {
@@ -228,7 +236,12 @@ fn iris_value(id: usize, f: &[f64; 4]) -> serde_json::Value {
 }
 
 /// `n` iris rows framed by the crate's serializer for `format`, keyed `key-{id}`.
-async fn framed_iris(url: &str, topic: &str, format: InputFormat, ids: std::ops::Range<usize>) -> Vec<Input> {
+async fn framed_iris(
+    url: &str,
+    topic: &str,
+    format: InputFormat,
+    ids: std::ops::Range<usize>,
+) -> Vec<Input> {
     let url = url.to_owned();
     let topic = topic.to_owned();
     blocking(move || {
@@ -242,10 +255,16 @@ async fn framed_iris(url: &str, topic: &str, format: InputFormat, ids: std::ops:
             let value = iris_value(id, features);
             let bytes = match format {
                 InputFormat::Avro => avro
-                    .encode_struct(Iris::new(id, features), &strategy(&topic, SchemaType::Avro, IRIS_AVRO))
+                    .encode_struct(
+                        Iris::new(id, features),
+                        &strategy(&topic, SchemaType::Avro, IRIS_AVRO),
+                    )
                     .expect("avro encodes"),
                 InputFormat::JsonSchema => json_schema
-                    .encode(&value, &strategy(&topic, SchemaType::Json, IRIS_JSON_SCHEMA))
+                    .encode(
+                        &value,
+                        &strategy(&topic, SchemaType::Json, IRIS_JSON_SCHEMA),
+                    )
                     .expect("json schema encodes"),
                 InputFormat::Protobuf => proto
                     .encode_json(
@@ -297,6 +316,24 @@ async fn scores_every_framed_record(format: InputFormat) {
     let topics = broker.topics(PARTITIONS).await;
     let inputs = framed_iris(&url, &topics.input, format, 0..N).await;
     let input_id = u32::from_be_bytes(inputs[0].1.as_ref().unwrap()[1..5].try_into().unwrap());
+    // Framed with the right id, but not what the schema allows.
+    let mismatching = match format {
+        // A double cut short.
+        InputFormat::Avro => vec![2, 0x10],
+        // Valid JSON that the JSON Schema refuses.
+        InputFormat::JsonSchema => {
+            br#"{"id":1,"sepal_length":"long","sepal_width":1,"petal_length":1,"petal_width":1}"#
+                .to_vec()
+        }
+        // Message index [1], then a field header whose length runs past the end.
+        InputFormat::Protobuf => vec![2, 2, 0x12, 0x40, 1],
+        InputFormat::Json => unreachable!(),
+    };
+    let mut inputs = inputs;
+    inputs.push((
+        Some(b"mismatch".to_vec()),
+        Some(get_payload(input_id, mismatching)),
+    ));
     broker.produce(&topics.input, &inputs).await;
 
     let config = registry_pipeline(&broker, &topics, &url, format, OutputFormat::Avro);
@@ -305,10 +342,20 @@ async fn scores_every_framed_record(format: InputFormat) {
         .await;
     let both = [topics.output.as_str(), topics.dead_letters.as_str()];
     let outputs = broker
-        .collect(&both, PARTITIONS, N, Duration::from_secs(60))
+        .collect(&both, PARTITIONS, N + 1, Duration::from_secs(60))
         .await;
     service.stop().await.expect("clean shutdown");
-    assert_eq!(outputs.len(), N, "one output per input");
+    assert_eq!(outputs.len(), N + 1, "one output per input");
+    let dead = reasons(&outputs, &topics.dead_letters);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead.get("mismatch").map(String::as_str),
+        Some("schema_mismatch")
+    );
+    let outputs: Vec<_> = outputs
+        .into_iter()
+        .filter(|o| o.topic == topics.output)
+        .collect();
 
     let (output_id, output_schema) = registry.latest(&format!("{}-value", topics.output));
     let schema = apache_avro::Schema::parse_str(&output_schema).expect("registered schema parses");
@@ -319,7 +366,10 @@ async fn scores_every_framed_record(format: InputFormat) {
         assert_eq!(out.topic, topics.output, "dead-lettered: {:?}", out.headers);
         let value = out.value.as_deref().expect("a value");
         assert_eq!(value[0], 0, "magic byte");
-        assert_eq!(u32::from_be_bytes(value[1..5].try_into().unwrap()), output_id);
+        assert_eq!(
+            u32::from_be_bytes(value[1..5].try_into().unwrap()),
+            output_id
+        );
         let decoded = GenericDatumReader::builder(&schema)
             .build()
             .and_then(|r| r.read_value(&mut &value[5..]))
@@ -329,13 +379,28 @@ async fn scores_every_framed_record(format: InputFormat) {
         assert!(!std::mem::replace(&mut seen[id], true), "duplicate {id}");
         assert_eq!(out.key_str(), format!("key-{id}"), "key kept");
         assert!(json["model_version"].as_str().unwrap().starts_with("rf-"));
-        let total: f64 = json["probabilities"].as_object().unwrap().values().map(|p| p.as_f64().unwrap()).sum();
-        assert!((total - 1.0).abs() < 1e-3, "probabilities sum to 1: {total}");
+        let total: f64 = json["probabilities"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_f64().unwrap())
+            .sum();
+        assert!(
+            (total - 1.0).abs() < 1e-3,
+            "probabilities sum to 1: {total}"
+        );
         correct += usize::from(json["label"] == rows[id % rows.len()].1.as_str());
     }
     assert!(seen.iter().all(|s| *s));
-    assert!(correct as f64 / N as f64 >= 0.95, "{correct}/{N} labels right");
-    assert_eq!(registry.gets(input_id), 1, "the input schema is fetched once, then cached");
+    assert!(
+        correct as f64 / N as f64 >= 0.95,
+        "{correct}/{N} labels right"
+    );
+    assert_eq!(
+        registry.gets(input_id),
+        1,
+        "the input schema is fetched once, then cached"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,7 +422,12 @@ fn reasons(outputs: &[Collected], dead_letters: &str) -> HashMap<String, String>
     outputs
         .iter()
         .filter(|o| o.topic == dead_letters)
-        .map(|o| (o.key_str(), o.headers.get(HEADER_REASON).cloned().unwrap_or_default()))
+        .map(|o| {
+            (
+                o.key_str(),
+                o.headers.get(HEADER_REASON).cloned().unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -378,7 +448,11 @@ async fn unreadable_registry_records_are_dead_lettered_with_their_reason() {
     let mut bad: Vec<(String, Vec<u8>, &str)> = Vec::new();
     for i in 0..5 {
         // Several records of one unknown id: the registry is asked once.
-        bad.push((format!("unknown-{i}"), get_payload(999, vec![2, 4]), "unknown_schema"));
+        bad.push((
+            format!("unknown-{i}"),
+            get_payload(999, vec![2, 4]),
+            "unknown_schema",
+        ));
     }
     bad.push(("plain-json".into(), valid_json, "not_framed"));
     bad.push(("magic-1".into(), vec![1, 0, 0, 0, 1, 2], "not_framed"));
@@ -388,13 +462,26 @@ async fn unreadable_registry_records_are_dead_lettered_with_their_reason() {
     bad.push(("truncated".into(), truncated, "schema_mismatch"));
     for (i, (_, p)) in proto.iter().enumerate() {
         // A Protobuf schema's record where Avro is configured.
-        bad.push((format!("protobuf-{i}"), p.clone().unwrap(), "schema_mismatch"));
+        bad.push((
+            format!("protobuf-{i}"),
+            p.clone().unwrap(),
+            "schema_mismatch",
+        ));
     }
     let mut inputs = good.clone();
-    inputs.extend(bad.iter().map(|(k, v, _)| (Some(k.clone().into_bytes()), Some(v.clone()))));
+    inputs.extend(
+        bad.iter()
+            .map(|(k, v, _)| (Some(k.clone().into_bytes()), Some(v.clone()))),
+    );
     broker.produce(&topics.input, &inputs).await;
 
-    let config = registry_pipeline(&broker, &topics, &url, InputFormat::Avro, OutputFormat::Json);
+    let config = registry_pipeline(
+        &broker,
+        &topics,
+        &url,
+        InputFormat::Avro,
+        OutputFormat::Json,
+    );
     let service = broker
         .start_service_with(config, &repo_path(IRIS_MODEL), None)
         .await;
@@ -450,15 +537,25 @@ async fn unreadable_registry_records_are_dead_lettered_with_their_reason() {
     assert_eq!(all.len(), total, "every input lands somewhere");
     let got = reasons(&all, &topics.dead_letters);
     for i in 0..5 {
-        assert_eq!(got.get(&format!("v2-{i}")).map(String::as_str), Some("registry_unavailable"));
+        assert_eq!(
+            got.get(&format!("v2-{i}")).map(String::as_str),
+            Some("registry_unavailable")
+        );
     }
     let scored: Vec<String> = all
         .iter()
         .filter(|o| o.topic == topics.output)
         .map(Collected::key_str)
         .collect();
-    assert_eq!(scored.len(), 30, "the cached id keeps being scored while the registry is down");
-    assert!(service.state.health.failure().is_none(), "a registry outage does not fail the service");
+    assert_eq!(
+        scored.len(),
+        30,
+        "the cached id keeps being scored while the registry is down"
+    );
+    assert!(
+        service.state.health.failure().is_none(),
+        "a registry outage does not fail the service"
+    );
     service.stop().await.expect("clean shutdown");
 }
 
@@ -470,7 +567,13 @@ async fn an_output_schema_that_cannot_be_registered_stops_the_service() {
     registry.down.store(true, Ordering::SeqCst);
     let broker = TestBroker::start();
     let topics = broker.topics(PARTITIONS).await;
-    let config = registry_pipeline(&broker, &topics, &url, InputFormat::Avro, OutputFormat::Avro);
+    let config = registry_pipeline(
+        &broker,
+        &topics,
+        &url,
+        InputFormat::Avro,
+        OutputFormat::Avro,
+    );
     let service = broker
         .start_service_with(config, &repo_path(IRIS_MODEL), None)
         .await;
@@ -479,5 +582,8 @@ async fn an_output_schema_that_cannot_be_registered_stops_the_service() {
         .expect("the service ends")
         .expect_err("with an error");
     let message = format!("{err:#}");
-    assert!(message.contains("registering the output schema"), "{message}");
+    assert!(
+        message.contains("registering the output schema"),
+        "{message}"
+    );
 }

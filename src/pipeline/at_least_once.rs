@@ -59,7 +59,7 @@ pub fn run(
     let scoring = (|| {
         while let Some(batch) = batcher.next(&**consumer, give_up) {
             let model = state.store.current();
-            let outcomes = state.observe.transform(
+            let outcomes = state.observe.transform_framed(
                 &model,
                 state.overlay(),
                 &batch.records,

@@ -38,7 +38,7 @@ pub fn run(
     let mut replays = Replays::new(&config.dead_letter_topic);
     while let Some(batch) = batcher.next(consumer, give_up) {
         let model = state.store.current();
-        let mut outcomes = state.observe.transform(
+        let mut outcomes = state.observe.transform_framed(
             &model,
             state.overlay(),
             &batch.records,

@@ -324,6 +324,25 @@ impl Observer {
         records: &[M],
         max_record_bytes: usize,
         opened: Instant,
+    ) -> Vec<Outcome> {
+        self.transform_framed(
+            model,
+            overlay,
+            records,
+            max_record_bytes,
+            opened,
+            &mut Framing::json(),
+        )
+    }
+
+    /// `transform` for values framed by a Schema Registry format (`record::registry`).
+    pub fn transform_framed<M: Message>(
+        &self,
+        model: &Arc<LoadedModel>,
+        overlay: Option<&Overlay>,
+        records: &[M],
+        max_record_bytes: usize,
+        opened: Instant,
         framing: &mut Framing,
     ) -> Vec<Outcome> {
         let mut outcomes =

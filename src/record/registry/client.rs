@@ -58,7 +58,10 @@ pub fn rejection(id: u32, error: &SRCError) -> Rejection {
         Reason::RegistryUnavailable => format!("the registry did not give schema id {id}"),
         _ => format!("schema id {id}"),
     };
-    Rejection::new(reason, format!("{what}: {} {cause}", error.error).trim_end())
+    Rejection::new(
+        reason,
+        format!("{what}: {} {cause}", error.error).trim_end(),
+    )
 }
 
 /// What this instance knows about schema ids and the registry, so that only the first record
@@ -151,16 +154,30 @@ mod tests {
 
     #[test]
     fn errors_map_to_reasons() {
-        let http = |s: &str| err(&format!("HTTP request to schema registry failed with status {s}"), false);
+        let http = |s: &str| {
+            err(
+                &format!("HTTP request to schema registry failed with status {s}"),
+                false,
+            )
+        };
         assert_eq!(classify(&http("404 Not Found")), Reason::UnknownSchema);
-        assert_eq!(classify(&http("500 Internal Server Error")), Reason::RegistryUnavailable);
-        assert_eq!(classify(&http("401 Unauthorized")), Reason::RegistryUnavailable);
+        assert_eq!(
+            classify(&http("500 Internal Server Error")),
+            Reason::RegistryUnavailable
+        );
+        assert_eq!(
+            classify(&http("401 Unauthorized")),
+            Reason::RegistryUnavailable
+        );
         assert_eq!(
             classify(&err("http call to schema registry failed", true)),
             Reason::RegistryUnavailable
         );
         assert_eq!(
-            classify(&err("HTTP request to schema registry failed with status 503 Service Unavailable", true)),
+            classify(&err(
+                "HTTP request to schema registry failed with status 503 Service Unavailable",
+                true
+            )),
             Reason::RegistryUnavailable
         );
         assert_eq!(
@@ -177,10 +194,19 @@ mod tests {
         let down = Rejection::new(Reason::RegistryUnavailable, "connection refused");
         gate.remember(2, &down, t0);
         assert!(gate.is_known(1), "a cached id is unaffected");
-        let blocked = gate.blocked(3, t0 + Duration::from_millis(10)).expect("paused");
+        let blocked = gate
+            .blocked(3, t0 + Duration::from_millis(10))
+            .expect("paused");
         assert_eq!(blocked.reason, Reason::RegistryUnavailable);
-        assert!(blocked.detail.contains("connection refused"), "{}", blocked.detail);
-        assert!(gate.blocked(3, t0 + DOWN_PAUSE).is_none(), "asks again after the pause");
+        assert!(
+            blocked.detail.contains("connection refused"),
+            "{}",
+            blocked.detail
+        );
+        assert!(
+            gate.blocked(3, t0 + DOWN_PAUSE).is_none(),
+            "asks again after the pause"
+        );
         assert!(gate.blocked(3, t0 + DOWN_PAUSE).is_none());
     }
 
@@ -191,10 +217,16 @@ mod tests {
         let unknown = Rejection::new(Reason::UnknownSchema, "schema id 9 is not in the registry");
         gate.remember(9, &unknown, t0);
         assert_eq!(gate.blocked(9, t0), Some(unknown));
-        assert!(gate.blocked(8, t0).is_none(), "other ids are still asked about");
+        assert!(
+            gate.blocked(8, t0).is_none(),
+            "other ids are still asked about"
+        );
         assert!(!gate.take_expired());
         assert!(gate.blocked(9, t0 + UNKNOWN_RECHECK).is_none());
-        assert!(gate.take_expired(), "the crate's cached 404 must be dropped now");
+        assert!(
+            gate.take_expired(),
+            "the crate's cached 404 must be dropped now"
+        );
         assert!(!gate.take_expired());
     }
 

@@ -51,9 +51,15 @@ impl InputDecoder {
 
     /// The record as a JSON object's text, or why it cannot be read. Only the first record
     /// of a schema id this instance has not seen asks the registry.
-    pub fn decode(&mut self, payload: Option<&[u8]>, max_bytes: usize) -> Result<Vec<u8>, Rejection> {
+    pub fn decode(
+        &mut self,
+        payload: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, Rejection> {
         let bytes = match payload {
-            None | Some([]) => return Err(Rejection::new(Reason::Empty, "the record has no value")),
+            None | Some([]) => {
+                return Err(Rejection::new(Reason::Empty, "the record has no value"))
+            }
             Some(b) if b.len() > max_bytes => {
                 return Err(Rejection::new(
                     Reason::TooLarge,
@@ -215,7 +221,10 @@ mod tests {
     #[test]
     fn avro_values_become_the_json_the_decoder_reads() {
         let record = AvroValue::Record(vec![
-            ("id".into(), AvroValue::Union(1, Box::new(AvroValue::String("r-1".into())))),
+            (
+                "id".into(),
+                AvroValue::Union(1, Box::new(AvroValue::String("r-1".into()))),
+            ),
             ("sepal_length".into(), AvroValue::Double(5.1)),
             ("sepal_width".into(), AvroValue::Float(3.5)),
             ("petal_length".into(), AvroValue::Int(1)),
@@ -227,7 +236,10 @@ mod tests {
             serde_json::json!({"id": "r-1", "sepal_length": 5.1, "sepal_width": 3.5,
                 "petal_length": 1, "petal_width": "NaN", "n": null})
         );
-        assert_eq!(avro_to_json(AvroValue::Double(f64::NEG_INFINITY)), "-Infinity");
+        assert_eq!(
+            avro_to_json(AvroValue::Double(f64::NEG_INFINITY)),
+            "-Infinity"
+        );
     }
 
     fn decoder() -> InputDecoder {
@@ -248,9 +260,21 @@ mod tests {
         assert_eq!(reason(&mut d, None), Reason::Empty);
         assert_eq!(reason(&mut d, Some(&[])), Reason::Empty);
         assert_eq!(reason(&mut d, Some(&[0; 17])), Reason::TooLarge);
-        assert_eq!(reason(&mut d, Some(b"{\"a\":1}")), Reason::NotFramed, "plain JSON");
-        assert_eq!(reason(&mut d, Some(&[1, 0, 0, 0, 1, 2])), Reason::NotFramed, "magic byte 1");
-        assert_eq!(reason(&mut d, Some(&[0, 0, 0, 1])), Reason::NotFramed, "id cut short");
+        assert_eq!(
+            reason(&mut d, Some(b"{\"a\":1}")),
+            Reason::NotFramed,
+            "plain JSON"
+        );
+        assert_eq!(
+            reason(&mut d, Some(&[1, 0, 0, 0, 1, 2])),
+            Reason::NotFramed,
+            "magic byte 1"
+        );
+        assert_eq!(
+            reason(&mut d, Some(&[0, 0, 0, 1])),
+            Reason::NotFramed,
+            "id cut short"
+        );
     }
 
     #[test]

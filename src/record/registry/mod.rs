@@ -109,7 +109,9 @@ impl Framing {
             OutputFormat::Json => None,
             OutputFormat::Avro => {
                 let schema = format.output_schema.as_ref().ok_or_else(|| {
-                    anyhow::anyhow!("--output-format avro needs --output-subject or --output-schema-id")
+                    anyhow::anyhow!(
+                        "--output-format avro needs --output-subject or --output-schema-id"
+                    )
                 })?;
                 let out = AvroOutput::open(&settings, schema)?;
                 tracing::info!(schema_id = out.schema_id(), "output schema resolved");

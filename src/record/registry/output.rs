@@ -59,7 +59,10 @@ impl AvroOutput {
         let mismatch = |e: &dyn std::fmt::Display| {
             Rejection::new(
                 Reason::OutputSchemaMismatch,
-                format!("the prediction does not fit output schema id {}: {e}", self.id),
+                format!(
+                    "the prediction does not fit output schema id {}: {e}",
+                    self.id
+                ),
             )
         };
         let json: serde_json::Value = serde_json::from_slice(json).map_err(|e| mismatch(&e))?;
