@@ -789,6 +789,64 @@ mod tests {
     }
 
     #[test]
+    fn registry_formats_need_a_registry_and_default_the_output_subject() {
+        use crate::record::registry::{InputFormat, OutputFormat, OutputSchema};
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+                .map(|c| c.serve)
+        };
+        let json = parse(&[]).unwrap().pipeline_config().unwrap();
+        assert!(json.format.is_json() && json.format.registry.is_none());
+        let err = parse(&["--input-format", "avro"])
+            .unwrap()
+            .pipeline_config()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("--schema-registry"), "{err:#}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("sr-password");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let config = parse(&[
+            "--schema-registry",
+            "http://sr:8081/",
+            "--schema-registry-user",
+            "key",
+            "--schema-registry-password-file",
+            secret.to_str().unwrap(),
+            "--input-format",
+            "protobuf",
+            "--output-format",
+            "avro",
+            "--output-topic",
+            "scores",
+        ])
+        .unwrap()
+        .pipeline_config()
+        .unwrap();
+        let format = config.format;
+        assert_eq!(
+            (format.input, format.output),
+            (InputFormat::Protobuf, OutputFormat::Avro)
+        );
+        let registry = format.registry.unwrap();
+        assert_eq!(registry.url, "http://sr:8081");
+        assert_eq!(registry.basic_auth, Some(("key".into(), "s3cret".into())));
+        assert!(
+            !format!("{registry:?}").contains("s3cret"),
+            "the password is not printed"
+        );
+        match format.output_schema {
+            Some(OutputSchema::Register { subject, schema }) => {
+                assert_eq!(subject, "scores-value");
+                assert!(schema.contains("\"Prediction\""));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["--output-subject", "a", "--output-schema-id", "3"]).is_err());
+    }
+
+    #[test]
     fn settings_that_break_the_guarantee_are_refused() {
         for (k, v) in [
             ("enable.auto.commit", "true"),
