@@ -103,6 +103,12 @@ impl Framing {
         let Some(registry) = &format.registry else {
             anyhow::bail!("--input-format/--output-format other than json need --schema-registry");
         };
+        tracing::info!(
+            registry = %registry.url,
+            input = ?format.input,
+            output = ?format.output,
+            "schema registry formats"
+        );
         let settings = client::settings(registry)?;
         let input = InputDecoder::new(format.input, settings.clone());
         let output = match format.output {
