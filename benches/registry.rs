@@ -90,7 +90,9 @@ fn registry_input(c: &mut Criterion) {
         .to_vec();
     let mut features = FeatureDecoder::new(FeatureSchema::new(&names));
     // The one registry call; everything measured below is cached.
-    decoder.decode(Some(&framed[0]), 1 << 20).expect("schema fetched");
+    decoder
+        .decode(Some(&framed[0]), 1 << 20)
+        .expect("schema fetched");
 
     let mut group = c.benchmark_group("registry_input");
     group.throughput(Throughput::Elements(N as u64));
@@ -104,7 +106,9 @@ fn registry_input(c: &mut Criterion) {
             }
         })
     });
-    let reader = GenericDatumReader::builder(&schema).build().expect("reader");
+    let reader = GenericDatumReader::builder(&schema)
+        .build()
+        .expect("reader");
     group.bench_function("apache_avro_only", |b| {
         b.iter(|| {
             for record in &framed {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use schema_registry_converter::blocking::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::SchemaType;
 
 use super::RegistrySettings;
 use crate::record::{Reason, Rejection};
@@ -70,7 +69,7 @@ pub fn rejection(id: u32, error: &SRCError) -> Rejection {
 pub struct IdGate {
     /// Ids that resolved: their schemas are in the crate's caches.
     known: HashMap<u32, ()>,
-    /// Ids the registry refused or that are of the wrong type, with when to ask again.
+    /// Ids the registry said it does not know, with when to ask again.
     refused: HashMap<u32, (Instant, Rejection)>,
     /// The registry failed to answer: until when, and what it said.
     down: Option<(Instant, String)>,
@@ -126,21 +125,8 @@ impl IdGate {
                 self.refused
                     .insert(id, (now + UNKNOWN_RECHECK, rejection.clone()));
             }
-            Reason::SchemaMismatch if !self.is_known(id) => {
-                self.refused
-                    .insert(id, (now + UNKNOWN_RECHECK, rejection.clone()));
-            }
             _ => {}
         }
-    }
-}
-
-pub fn type_name(t: &SchemaType) -> &'static str {
-    match t {
-        SchemaType::Avro => "AVRO",
-        SchemaType::Json => "JSON",
-        SchemaType::Protobuf => "PROTOBUF",
-        _ => "other",
     }
 }
 
@@ -228,14 +214,5 @@ mod tests {
             "the crate's cached 404 must be dropped now"
         );
         assert!(!gate.take_expired());
-    }
-
-    #[test]
-    fn a_mismatching_record_of_a_known_id_does_not_block_the_id() {
-        let mut gate = IdGate::default();
-        let t0 = Instant::now();
-        gate.known.insert(4, ());
-        gate.remember(4, &Rejection::new(Reason::SchemaMismatch, "bad bytes"), t0);
-        assert!(gate.blocked(4, t0).is_none());
     }
 }
