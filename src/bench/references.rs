@@ -146,8 +146,9 @@ struct PeerOutput {
     cpu_seconds: f64,
 }
 
-/// Runs the Python peer over the pre-loaded input (`copy`: without the model, bytes only).
-pub fn python_peer(
+/// The Python peer's command line (`copy`: without the model, bytes only); it reads `records`
+/// records from `input` and prints its figures as one JSON line when done.
+pub fn python_peer_command(
     python: &Path,
     repo: &Path,
     brokers: &str,
@@ -155,7 +156,7 @@ pub fn python_peer(
     output: &str,
     records: usize,
     copy: bool,
-) -> anyhow::Result<ReferenceFigures> {
+) -> Command {
     let mut command = Command::new(python);
     command
         .current_dir(repo)
@@ -168,7 +169,30 @@ pub fn python_peer(
     if copy {
         command.arg("--copy");
     }
-    let out = command.output().context("running the Python peer")?;
+    command
+}
+
+/// Runs the Python peer over the pre-loaded input.
+pub fn python_peer(
+    python: &Path,
+    repo: &Path,
+    brokers: &str,
+    input: &str,
+    output: &str,
+    records: usize,
+    copy: bool,
+) -> anyhow::Result<ReferenceFigures> {
+    let out = python_peer_command(python, repo, brokers, input, output, records, copy)
+        .output()
+        .context("running the Python peer")?;
+    python_peer_figures(&out, copy)
+}
+
+/// The figures a finished peer printed.
+pub fn python_peer_figures(
+    out: &std::process::Output,
+    copy: bool,
+) -> anyhow::Result<ReferenceFigures> {
     if !out.status.success() {
         bail!("the Python peer failed: {}", out.status);
     }

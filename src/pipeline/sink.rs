@@ -22,13 +22,10 @@ use crate::transform::Outcome;
 /// Pause before re-offering a record to a full producer queue.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
 
-pub const HEADER_REASON: &str = "streamscore.reason";
-pub const HEADER_ERROR: &str = "streamscore.error";
-pub const HEADER_SOURCE_TOPIC: &str = "streamscore.source.topic";
-pub const HEADER_SOURCE_PARTITION: &str = "streamscore.source.partition";
-pub const HEADER_SOURCE_OFFSET: &str = "streamscore.source.offset";
-/// Present when the original value was too large for the dead-letter topic and was dropped.
-pub const HEADER_PAYLOAD_OMITTED: &str = "streamscore.payload.omitted";
+pub use crate::record::headers::{
+    HEADER_ERROR, HEADER_PAYLOAD_OMITTED, HEADER_REASON, HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+};
 
 /// How many of a batch's records went where, counted once they are acknowledged.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
