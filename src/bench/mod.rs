@@ -17,6 +17,8 @@ mod observe;
 mod online;
 mod references;
 
+pub use references::{run_loopback, LoopbackArgs};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -762,6 +764,12 @@ fn print_throughput(r: &ThroughputReport, json: bool) -> anyhow::Result<()> {
         reference(f);
     }
     println!("forest / loopback ceiling: {:.3}", r.forest_over_ceiling);
+    if let Some(ceiling_cpu) = r.ceiling.cpu_us_per_record {
+        println!(
+            "CPU per record, forest / loopback ceiling (librdkafka alone, our settings): {:.2}",
+            r.forest.cpu_us_per_record / ceiling_cpu
+        );
+    }
     if let Some(ratio) = r.forest_over_python_sklearn {
         println!("forest / python + scikit-learn: {ratio:.2}");
     }
