@@ -87,6 +87,62 @@ async fn a_shutdown_that_could_not_commit_is_an_error() {
     assert!(message.contains("offset commit failed"), "{message}");
 }
 
+/// The other side of the test above: a commit refused once is retried at shutdown, and the
+/// stop is clean because the retry saved every delivered record's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_after_one_refused_commit_saves_it_and_is_clean() {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+    let broker = TestBroker::mock();
+    let mock = broker.mock.as_ref().expect("a mock cluster");
+    let topics = broker.topics(1).await;
+    let group = unique("group");
+    let service = broker
+        .start_service(&topics, &group, &repo_path(IRIS_MODEL))
+        .await;
+    wait_ready(service.http_addr, Duration::from_secs(30)).await;
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE],
+    );
+    broker.produce(&topics.input, &iris_inputs(0..100)).await;
+    let outputs = broker
+        .collect(&[&topics.output], 1, 100, Duration::from_secs(30))
+        .await;
+    assert_eq!(outputs.len(), 100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while service.state.metrics.commit_failures.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the commit was refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service
+        .stop()
+        .await
+        .expect("a clean stop: the retry saved it");
+
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .set("group.id", &group)
+        .create()
+        .expect("a consumer");
+    let mut partition = rdkafka::TopicPartitionList::new();
+    partition.add_partition(&topics.input, 0);
+    let committed = reader
+        .committed_offsets(partition, Duration::from_secs(10))
+        .expect("committed offsets");
+    let offset = committed
+        .find_partition(&topics.input, 0)
+        .and_then(|p| p.offset().to_raw());
+    assert_eq!(
+        offset,
+        Some(100),
+        "every delivered record's position is saved"
+    );
+}
+
 /// A record batch that says it is lz4 but holds no lz4 frame: the broker stores it as it is
 /// (brokers do not decompress what producers send), and only the consumer finds out.
 /// Written with the Kafka protocol by hand, because no client library sends a batch it

@@ -278,9 +278,7 @@ impl CommitStage {
             }
         }
         let result = to_partition_list(&self.input_topic, &offsets)
-            .and_then(|tpl| {
-                commit_with_retries(|| self.consumer.commit(&tpl, CommitMode::Sync))
-            });
+            .and_then(|tpl| commit_with_retries(|| self.consumer.commit(&tpl, CommitMode::Sync)));
         let unsaved = &self.consumer.context().unsaved;
         match &result {
             Ok(()) => unsaved.saved(&offsets),
