@@ -542,6 +542,30 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_given_up_midway_withdraws_exactly_the_records_not_handed_over() {
+        // A queue of one message: the first output is taken, the second finds the queue
+        // full, and giving up at once ends the batch there.
+        let sink = Sink::new(&config(&[("queue.buffering.max.messages", "1")])).unwrap();
+        let inputs: Vec<_> = (0..4).map(|offset| input(0, offset)).collect();
+        let outcomes: Vec<_> = (0..4)
+            .map(|_| Outcome::Scored(br#"{"label":"x"}"#.to_vec()))
+            .collect();
+        let acks = Arc::new(BatchAcks::new(inputs.len()));
+        let sent = sink.send_batch(&inputs, &outcomes, &acks, || true);
+        assert!(sent.is_err(), "the batch is given up");
+        assert!(
+            !acks.is_settled(),
+            "the one record handed over is still pending"
+        );
+        // Its report (a timeout against the closed port) is the last one the batch waits for.
+        assert!(
+            acks.wait(Duration::from_secs(10)),
+            "settled by that one report"
+        );
+        assert_eq!(acks.take_failures().len(), 1);
+    }
+
+    #[test]
     fn poison_is_what_the_broker_refuses_for_good() {
         use RDKafkaErrorCode as C;
         for code in [
