@@ -566,6 +566,42 @@ mod tests {
     }
 
     #[test]
+    fn only_a_dead_letter_too_large_to_produce_loses_its_value() {
+        let sink = Sink::new(&config(&[("message.max.bytes", "1000")])).unwrap();
+        let big = OwnedMessage::new(
+            Some(vec![b'x'; 5000]),
+            Some(b"key-7".to_vec()),
+            "in".into(),
+            Timestamp::NotAvailable,
+            0,
+            1,
+            None,
+        );
+        // An output that large is a fault of the model's schema, not of one record: dropping
+        // its value would deliver an empty prediction, so the batch fails instead.
+        let acks = Arc::new(BatchAcks::new(1));
+        let output = [Outcome::Scored(vec![b'y'; 5000])];
+        let err = sink
+            .send_batch(std::slice::from_ref(&big), &output, &acks, || true)
+            .expect_err("an output over message.max.bytes is refused");
+        assert!(
+            format!("{err:#}").contains("cannot produce to out"),
+            "{err:#}"
+        );
+
+        // The input itself as a dead letter goes without its value, and says so.
+        let acks = Arc::new(BatchAcks::new(1));
+        let rejected = [Outcome::Rejected(crate::record::Rejection::new(
+            Reason::InvalidJson,
+            "not JSON",
+        ))];
+        let sent = sink
+            .send_batch(std::slice::from_ref(&big), &rejected, &acks, || true)
+            .expect("a dead letter without its value fits");
+        assert_eq!(sent.dead_letters[Reason::InvalidJson as usize], 1);
+    }
+
+    #[test]
     fn poison_is_what_the_broker_refuses_for_good() {
         use RDKafkaErrorCode as C;
         for code in [
