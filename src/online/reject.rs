@@ -95,8 +95,14 @@ pub fn decode(payload: Option<&[u8]>, max_bytes: usize) -> Result<FeedbackEvent,
             format!("{} bytes, over the limit of {max_bytes}", payload.len()),
         ));
     }
+    // `serde` would also take a struct from an array (`[196, 242]`): only an object is one.
+    let is_object = payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
     let event = match serde_json::from_slice::<FeedbackEvent>(payload) {
-        Ok(event) => event,
+        Ok(event) if is_object => event,
+        Ok(_) => return Err(Rejection::new(FeedbackReason::NotObject, "JSON, but not an object")),
         Err(e) => return Err(explain(payload, &e)),
     };
     if event.rating.is_some_and(|r| !r.is_finite()) {
@@ -147,6 +153,9 @@ fn explain(payload: &[u8], strict: &serde_json::Error) -> Rejection {
         return r;
     }
     match fields.get("rating") {
+        Some(Value::Number(n)) if !n.as_f64().is_some_and(|r| (r as f32).is_finite()) => {
+            return Rejection::new(R::InvalidRating, format!("`rating` {n} overflows a number"))
+        }
         Some(Value::Null) | None | Some(Value::Number(_)) => {}
         Some(v) => {
             return Rejection::new(
@@ -188,32 +197,41 @@ pub fn check(
 mod tests {
     use super::*;
 
-    fn reason(payload: &[u8]) -> FeedbackReason {
-        decode(Some(payload), 1024).unwrap_err().reason
-    }
-
     #[test]
     fn every_unusable_record_gets_its_own_reason() {
         use FeedbackReason as R;
-        assert_eq!(decode(None, 1024).unwrap_err().reason, R::Empty);
-        assert_eq!(reason(b""), R::Empty);
-        assert_eq!(
-            decode(Some(&[b' '; 2000]), 1024).unwrap_err().reason,
-            R::TooLarge
-        );
-        assert_eq!(reason(b"{\"uid\": \"\xff\"}"), R::NotUtf8);
-        assert_eq!(reason(b"not json"), R::InvalidJson);
-        assert_eq!(reason(br#"{"uid": 1, "item": 2"#), R::InvalidJson);
-        assert_eq!(reason(b"[1, 2]"), R::NotObject);
-        assert_eq!(reason(br#"{"uid": 1, "uid": 2, "item": 2}"#), R::DuplicateField);
-        assert_eq!(reason(br#"{"uid": 1, "item": 2, "extra": 1}"#), R::UnknownField);
-        assert_eq!(reason(br#"{"item": 2}"#), R::MissingUid);
-        assert_eq!(reason(br#"{"uid": "196", "item": 1}"#), R::InvalidUid);
-        assert_eq!(reason(br#"{"uid": 1.5, "item": 1}"#), R::InvalidUid);
-        assert_eq!(reason(br#"{"uid": 196}"#), R::MissingItem);
-        assert_eq!(reason(br#"{"uid": 1, "item": [2]}"#), R::InvalidItem);
-        assert_eq!(reason(br#"{"uid": 1, "item": 2, "rating": "5"}"#), R::InvalidRating);
-        assert_eq!(reason(br#"{"uid": 1, "item": 2, "rating": 1e39}"#), R::InvalidRating);
+        let too_large = [b' '; 2000];
+        let cases: [(Option<&[u8]>, FeedbackReason); 18] = [
+            (None, R::Empty),
+            (Some(b""), R::Empty),
+            (Some(&too_large), R::TooLarge),
+            (Some(b"{\"uid\": \"\xff\"}"), R::NotUtf8),
+            (Some(b"not json"), R::InvalidJson),
+            (Some(br#"{"uid": 1, "item": 2"#), R::InvalidJson),
+            (Some(b"[1, 2]"), R::NotObject),
+            (Some(br#"{"uid": 1, "uid": 2, "item": 2}"#), R::DuplicateField),
+            (Some(br#"{"uid": 1, "item": 2, "extra": 1}"#), R::UnknownField),
+            (Some(br#"{"item": 2}"#), R::MissingUid),
+            (Some(br#"{"uid": "196", "item": 1}"#), R::InvalidUid),
+            (Some(br#"{"uid": 1.5, "item": 1}"#), R::InvalidUid),
+            (Some(br#"{"uid": 196}"#), R::MissingItem),
+            (Some(br#"{"uid": 1, "item": [2]}"#), R::InvalidItem),
+            (Some(br#"{"uid": 1, "item": 2, "rating": "5"}"#), R::InvalidRating),
+            (Some(br#"{"uid": 1, "item": 2, "rating": 1e39}"#), R::InvalidRating),
+            (Some(br#"{"uid": 1, "item": 2, "rating": true}"#), R::InvalidRating),
+            (Some(b"17"), R::NotObject),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|(payload, want)| {
+                let got = decode(*payload, 1024).map_err(|r| r.reason);
+                (got != Err(*want)).then(|| {
+                    let shown = payload.map(String::from_utf8_lossy);
+                    format!("{shown:?}: {got:?}, want {want:?}")
+                })
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
         // Every code is distinct: a dead letter's reason names one cause.
         let codes: std::collections::HashSet<&str> =
             FeedbackReason::ALL.iter().map(|r| r.code()).collect();
