@@ -310,10 +310,20 @@ pub struct OnlineArgs {
     #[arg(long, env = "STREAMSCORE_IMPLICIT_BOOST", default_value_t = 1.0)]
     pub implicit_boost: f32,
     /// Lowest rating a feedback event may carry (below: dead-lettered, `rating_out_of_range`).
-    #[arg(long, env = "STREAMSCORE_FEEDBACK_MIN_RATING", default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "STREAMSCORE_FEEDBACK_MIN_RATING",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     pub feedback_min_rating: f32,
     /// Highest rating a feedback event may carry.
-    #[arg(long, env = "STREAMSCORE_FEEDBACK_MAX_RATING", default_value_t = 5.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "STREAMSCORE_FEEDBACK_MAX_RATING",
+        default_value_t = 5.0,
+        allow_negative_numbers = true
+    )]
     pub feedback_max_rating: f32,
 }
 

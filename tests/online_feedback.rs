@@ -158,8 +158,14 @@ async fn unusable_feedback_is_dead_lettered_with_its_reason() {
         ("invalid_json", br#"{"uid": 1, "item""#),
         ("missing_item", br#"{"uid": 1}"#),
         ("invalid_uid", br#"{"uid": "one", "item": 50}"#),
-        ("rating_out_of_range", br#"{"uid": 1, "item": 50, "rating": 9}"#),
-        ("unknown_item", br#"{"uid": 1, "item": 999999, "rating": 4}"#),
+        (
+            "rating_out_of_range",
+            br#"{"uid": 1, "item": 50, "rating": 9}"#,
+        ),
+        (
+            "unknown_item",
+            br#"{"uid": 1, "item": 999999, "rating": 4}"#,
+        ),
         ("unknown_field", br#"{"uid": 1, "item": 50, "stars": 4}"#),
         ("empty", b""),
     ];
@@ -212,8 +218,14 @@ async fn unusable_feedback_is_dead_lettered_with_its_reason() {
             header("streamscore.error").is_some_and(|e| !e.is_empty()),
             "{letter:?}"
         );
-        assert_eq!(header("streamscore.source.topic"), Some(feedback_topic.as_str()));
-        assert_eq!(header("streamscore.source.offset"), Some(at.to_string().as_str()));
+        assert_eq!(
+            header("streamscore.source.topic"),
+            Some(feedback_topic.as_str())
+        );
+        assert_eq!(
+            header("streamscore.source.offset"),
+            Some(at.to_string().as_str())
+        );
         assert_eq!(letter.value.as_deref().unwrap_or_default(), value);
     }
     for series in [

@@ -151,7 +151,15 @@ pub async fn run(
             } else {
                 frozen = Some(
                     serve(
-                        args, brokers, topics, &frozen_out, model, records, &[], "frozen", None,
+                        args,
+                        brokers,
+                        topics,
+                        &frozen_out,
+                        model,
+                        records,
+                        &[],
+                        "frozen",
+                        None,
                     )
                     .await?,
                 );
@@ -161,8 +169,7 @@ pub async fn run(
         let (Some(frozen), Some(online)) = (frozen, online) else {
             unreachable!("each pair runs both")
         };
-        let extra_cpu_us = (online.cpu_us_per_record - frozen.cpu_us_per_record)
-            * records as f64
+        let extra_cpu_us = (online.cpu_us_per_record - frozen.cpu_us_per_record) * records as f64
             / online.feedback_applied.max(1.0);
         let pair = Pair {
             first: if frozen_first { "frozen" } else { "online" }.to_owned(),

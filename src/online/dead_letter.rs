@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -62,27 +63,36 @@ fn header(message: &impl Message, name: &str) -> String {
 }
 
 pub struct DeadLetters {
-    producer: ThreadedProducer<Reports>,
+    settings: ClientConfig,
+    /// Made at the first dead letter: a feedback stream without bad records costs no
+    /// producer (its threads and connections) at all.
+    producer: Option<ThreadedProducer<Reports>>,
     topic: String,
 }
 
 impl DeadLetters {
-    pub fn new(pipeline: &PipelineConfig) -> anyhow::Result<Self> {
+    pub fn new(pipeline: &PipelineConfig) -> Self {
         let mut settings = producer_settings(pipeline);
         // Its own idempotent producer, outside the scoring path's transactions: a feedback
         // dead letter belongs to no scoring batch.
         settings.remove("transactional.id");
-        let producer = settings
-            .create_with_context(Reports::default())
-            .context("creating the feedback dead-letter producer")?;
-        Ok(Self {
-            producer,
+        Self {
+            settings,
+            producer: None,
             topic: pipeline.dead_letter_topic.clone(),
-        })
+        }
     }
 
     /// Enqueues the dead letter of `record`.
-    pub fn send(&self, record: &impl Message, rejection: &Rejection) -> anyhow::Result<()> {
+    pub fn send(&mut self, record: &impl Message, rejection: &Rejection) -> anyhow::Result<()> {
+        let producer = match &mut self.producer {
+            Some(producer) => producer,
+            None => self.producer.insert(
+                self.settings
+                    .create_with_context(Reports::default())
+                    .context("creating the feedback dead-letter producer")?,
+            ),
+        };
         let headers = dead_letter_headers(record, rejection.reason.code(), &rejection.detail);
         let mut letter = BaseRecord::to(&self.topic).headers(headers);
         if let Some(key) = record.key() {
@@ -93,7 +103,7 @@ impl DeadLetters {
         }
         let started = Instant::now();
         loop {
-            match self.producer.send(letter) {
+            match producer.send(letter) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if started.elapsed() < QUEUE_FULL_PATIENCE =>
@@ -113,10 +123,13 @@ impl DeadLetters {
     /// Waits until every dead letter sent is acknowledged; an error if one was refused or
     /// the broker did not answer in time (the caller must then not checkpoint past them).
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer
+        let Some(producer) = &self.producer else {
+            return Ok(());
+        };
+        producer
             .flush(timeout)
             .with_context(|| format!("delivering feedback dead letters to {}", self.topic))?;
-        let context = self.producer.context();
+        let context = producer.context();
         if context.failed.load(Ordering::Relaxed) > 0 {
             let first = context
                 .first_error

@@ -127,7 +127,7 @@ pub fn run(
         .assign(&assignment(&config.topic, &partitions, state.offsets())?)
         .context("assigning the feedback partitions")?;
     info!(topic = %config.topic, partitions = partitions.len(), "feedback consumer started");
-    let dead_letters = DeadLetters::new(pipeline)?;
+    let mut dead_letters = DeadLetters::new(pipeline);
 
     let path = checkpoint::path_in(&config.state_dir);
     let metrics = &overlay.metrics;
@@ -179,8 +179,8 @@ pub fn run(
                     .inc();
                 continue;
             }
-            let decoded = reject::decode(message.payload(), pipeline.max_record_bytes)
-                .and_then(|event| {
+            let decoded =
+                reject::decode(message.payload(), pipeline.max_record_bytes).and_then(|event| {
                     reject::check(&event, recommender, config.online.rating_range).map(|()| event)
                 });
             match decoded {
@@ -205,7 +205,13 @@ pub fn run(
                     }
                 },
                 Err(rejection) => {
-                    reject_record(&dead_letters, &message, &rejection, overlay, &rejected_log)?;
+                    reject_record(
+                        &mut dead_letters,
+                        &message,
+                        &rejection,
+                        overlay,
+                        &rejected_log,
+                    )?;
                     // Dead-lettered; the state moves past it (checkpointed once delivered).
                     state.skip(partition, offset);
                 }
@@ -276,7 +282,7 @@ pub fn run(
 
 /// Dead-letters one unusable feedback record, counted by reason and logged (throttled).
 fn reject_record(
-    dead_letters: &DeadLetters,
+    dead_letters: &mut DeadLetters,
     message: &impl Message,
     rejection: &Rejection,
     overlay: &Overlay,

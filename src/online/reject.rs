@@ -102,7 +102,12 @@ pub fn decode(payload: Option<&[u8]>, max_bytes: usize) -> Result<FeedbackEvent,
         .is_some_and(|&b| b == b'{');
     let event = match serde_json::from_slice::<FeedbackEvent>(payload) {
         Ok(event) if is_object => event,
-        Ok(_) => return Err(Rejection::new(FeedbackReason::NotObject, "JSON, but not an object")),
+        Ok(_) => {
+            return Err(Rejection::new(
+                FeedbackReason::NotObject,
+                "JSON, but not an object",
+            ))
+        }
         Err(e) => return Err(explain(payload, &e)),
     };
     if event.rating.is_some_and(|r| !r.is_finite()) {
@@ -136,16 +141,15 @@ fn explain(payload: &[u8], strict: &serde_json::Error) -> Rejection {
             format!("field `{unknown}`: a feedback event has uid, item and rating only"),
         );
     }
-    let integer = |name: &str, missing: FeedbackReason, invalid: FeedbackReason| match fields
-        .get(name)
-    {
-        None => Some(Rejection::new(missing, format!("no `{name}`"))),
-        Some(v) if v.as_i64().is_none() => Some(Rejection::new(
-            invalid,
-            format!("`{name}` must be an integer, found {v}"),
-        )),
-        Some(_) => None,
-    };
+    let integer =
+        |name: &str, missing: FeedbackReason, invalid: FeedbackReason| match fields.get(name) {
+            None => Some(Rejection::new(missing, format!("no `{name}`"))),
+            Some(v) if v.as_i64().is_none() => Some(Rejection::new(
+                invalid,
+                format!("`{name}` must be an integer, found {v}"),
+            )),
+            Some(_) => None,
+        };
     if let Some(r) = integer("uid", R::MissingUid, R::InvalidUid) {
         return r;
     }
@@ -209,16 +213,31 @@ mod tests {
             (Some(b"not json"), R::InvalidJson),
             (Some(br#"{"uid": 1, "item": 2"#), R::InvalidJson),
             (Some(b"[1, 2]"), R::NotObject),
-            (Some(br#"{"uid": 1, "uid": 2, "item": 2}"#), R::DuplicateField),
-            (Some(br#"{"uid": 1, "item": 2, "extra": 1}"#), R::UnknownField),
+            (
+                Some(br#"{"uid": 1, "uid": 2, "item": 2}"#),
+                R::DuplicateField,
+            ),
+            (
+                Some(br#"{"uid": 1, "item": 2, "extra": 1}"#),
+                R::UnknownField,
+            ),
             (Some(br#"{"item": 2}"#), R::MissingUid),
             (Some(br#"{"uid": "196", "item": 1}"#), R::InvalidUid),
             (Some(br#"{"uid": 1.5, "item": 1}"#), R::InvalidUid),
             (Some(br#"{"uid": 196}"#), R::MissingItem),
             (Some(br#"{"uid": 1, "item": [2]}"#), R::InvalidItem),
-            (Some(br#"{"uid": 1, "item": 2, "rating": "5"}"#), R::InvalidRating),
-            (Some(br#"{"uid": 1, "item": 2, "rating": 1e39}"#), R::InvalidRating),
-            (Some(br#"{"uid": 1, "item": 2, "rating": true}"#), R::InvalidRating),
+            (
+                Some(br#"{"uid": 1, "item": 2, "rating": "5"}"#),
+                R::InvalidRating,
+            ),
+            (
+                Some(br#"{"uid": 1, "item": 2, "rating": 1e39}"#),
+                R::InvalidRating,
+            ),
+            (
+                Some(br#"{"uid": 1, "item": 2, "rating": true}"#),
+                R::InvalidRating,
+            ),
             (Some(b"17"), R::NotObject),
         ];
         let wrong: Vec<String> = cases
@@ -249,8 +268,7 @@ mod tests {
             })
         );
         assert_eq!(
-            decode(Some(br#"{"uid": 196, "item": 242, "rating": null}"#), 1024)
-                .map(|e| e.rating),
+            decode(Some(br#"{"uid": 196, "item": 242, "rating": null}"#), 1024).map(|e| e.rating),
             Ok(None)
         );
     }
