@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// The recommender model of `--online`.
     #[arg(long, default_value = "models/recommender.json")]
     pub online_model: PathBuf,
+    /// `--online`: paired runs (without and with feedback, the order alternating from pair
+    /// to pair); the median ratio is the result.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub pairs: u32,
 }
 
 #[derive(Debug, Serialize)]

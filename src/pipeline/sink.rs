@@ -436,7 +436,11 @@ pub fn undeliverable_headers(
     headers
 }
 
-fn dead_letter_headers(input: &impl Message, reason: &str, detail: &str) -> OwnedHeaders {
+pub(crate) fn dead_letter_headers(
+    input: &impl Message,
+    reason: &str,
+    detail: &str,
+) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(5 + input.headers().map_or(0, |h| h.count()));
     // The input's own headers travel with it, so a replay can restore the record exactly.
     if let Some(original) = input.headers() {
