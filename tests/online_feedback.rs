@@ -8,6 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use streamscore::record::headers::{
+    HEADER_ERROR, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC,
+};
 use streamscore::model::recommender::Request;
 use streamscore::model::{LoadedModel, Model};
 use streamscore::online::feedback::FeedbackConfig;
@@ -213,17 +216,17 @@ async fn unusable_feedback_is_dead_lettered_with_its_reason() {
             .expect("the original key");
         let (reason, value) = bad[at];
         let header = |name: &str| letter.headers.get(name).map(String::as_str);
-        assert_eq!(header("streamscore.reason"), Some(reason), "{letter:?}");
+        assert_eq!(header(HEADER_REASON), Some(reason), "{letter:?}");
         assert!(
-            header("streamscore.error").is_some_and(|e| !e.is_empty()),
+            header(HEADER_ERROR).is_some_and(|e| !e.is_empty()),
             "{letter:?}"
         );
         assert_eq!(
-            header("streamscore.source.topic"),
+            header(HEADER_SOURCE_TOPIC),
             Some(feedback_topic.as_str())
         );
         assert_eq!(
-            header("streamscore.source.offset"),
+            header(HEADER_SOURCE_OFFSET),
             Some(at.to_string().as_str())
         );
         assert_eq!(letter.value.as_deref().unwrap_or_default(), value);
