@@ -8,14 +8,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use streamscore::record::headers::{
-    HEADER_ERROR, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC,
-};
 use streamscore::model::recommender::Request;
 use streamscore::model::{LoadedModel, Model};
 use streamscore::online::feedback::FeedbackConfig;
 use streamscore::online::state::Checkpoint;
 use streamscore::online::OnlineConfig;
+use streamscore::record::headers::{
+    HEADER_ERROR, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC,
+};
 use streamscore::service::{self, ServiceConfig};
 
 const PARTITIONS: i32 = 3;
@@ -221,14 +221,8 @@ async fn unusable_feedback_is_dead_lettered_with_its_reason() {
             header(HEADER_ERROR).is_some_and(|e| !e.is_empty()),
             "{letter:?}"
         );
-        assert_eq!(
-            header(HEADER_SOURCE_TOPIC),
-            Some(feedback_topic.as_str())
-        );
-        assert_eq!(
-            header(HEADER_SOURCE_OFFSET),
-            Some(at.to_string().as_str())
-        );
+        assert_eq!(header(HEADER_SOURCE_TOPIC), Some(feedback_topic.as_str()));
+        assert_eq!(header(HEADER_SOURCE_OFFSET), Some(at.to_string().as_str()));
         assert_eq!(letter.value.as_deref().unwrap_or_default(), value);
     }
     for series in [
