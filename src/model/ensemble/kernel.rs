@@ -19,10 +19,11 @@ use crate::model::mask;
 
 const MAX_PERFECT_DEPTH: usize = 10;
 /// The mask form tests every split of a tree, the level form one per level, so a tree with
-/// many splits per level is cheaper by levels. The bound is a judgement from few runs: on
-/// the fixtures, masks made the 300-tree depth-8 XGBoost model (sparse trees) about twice as
-/// fast and left the 100-tree depth-6 one (≈ 25 splits a tree) within the machine's noise.
-const MASK_SPLITS_PER_LEVEL: usize = 6;
+/// many splits per level is cheaper by levels. The bound is a judgement from few runs: with
+/// SSE2 and `f64` lanes 6 a level was about even; with `f32` lanes and AVX2 a mask split
+/// costs about a third as much, and 8 puts every tree of the 100-tree depth-6 XGBoost
+/// fixture (up to 46 splits) in the mask form.
+const MASK_SPLITS_PER_LEVEL: usize = 8;
 const BLOCK: usize = mask::BLOCK;
 /// Rows a tree sees before the next tree is loaded.
 const TILE: usize = 64;
