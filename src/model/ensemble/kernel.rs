@@ -6,9 +6,11 @@
 //! data-dependent branch, done for a block of rows at once so that their independent steps
 //! overlap. Deeper trees (LightGBM's leaf-wise trees can be) are walked node by node.
 //! A tree of at most 64 leaves also has the native forest's leaf-bitmask form (`mask`),
-//! which scores blocks of rows with no missing value: every split is then `x < threshold`
-//! on the prepared value, the same test the other forms make. Rows with a missing value
-//! take the level-order or walking form, which handle the library's missing-value rules.
+//! which scores blocks of rows: every split is `x < threshold` on the prepared value (in
+//! `f32` lanes against the threshold rounded up to `f32` when the rows are `f32`s), the
+//! same test the other forms make, and a NaN goes where its split sends missing values.
+//! Only blocks with a zero that some split treats as missing (LightGBM's missing type
+//! Zero) take the level-order or walking form, which handle every missing-value rule.
 //! Each row's accumulators start at the base score and take the leaves' weights tree by
 //! tree, in the library's precision: the same additions in the same order as the library.
 
