@@ -434,6 +434,22 @@ pub struct OnlineArgs {
     /// An implicit event counts as a rating this far above the model's mean rating.
     #[arg(long, env = "STREAMSCORE_IMPLICIT_BOOST", default_value_t = 1.0)]
     pub implicit_boost: f32,
+    /// Lowest rating a feedback event may carry (below: dead-lettered, `rating_out_of_range`).
+    #[arg(
+        long,
+        env = "STREAMSCORE_FEEDBACK_MIN_RATING",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub feedback_min_rating: f32,
+    /// Highest rating a feedback event may carry.
+    #[arg(
+        long,
+        env = "STREAMSCORE_FEEDBACK_MAX_RATING",
+        default_value_t = 5.0,
+        allow_negative_numbers = true
+    )]
+    pub feedback_max_rating: f32,
 }
 
 impl OnlineArgs {
@@ -448,6 +464,7 @@ impl OnlineArgs {
                 implicit_boost: self.implicit_boost,
                 max_users: self.online_max_users as usize,
                 max_events_per_user: self.online_max_events_per_user as usize,
+                rating_range: (self.feedback_min_rating, self.feedback_max_rating),
             },
         })
     }

@@ -49,6 +49,9 @@ enum Command {
     /// Generate training data.
     #[command(subcommand)]
     Gen(GenCommand),
+    /// The benchmark's loopback ceiling in a process of its own (run by `bench`).
+    #[command(hide = true)]
+    Loopback(bench::LoopbackArgs),
     /// Evaluate models offline.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -95,6 +98,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => runtime()?.block_on(service::serve(&args))?,
         Command::Demo(args) => runtime()?.block_on(demo::run(&args))?,
         Command::Bench(args) => runtime()?.block_on(bench::run(&args))?,
+        Command::Loopback(args) => bench::run_loopback(&args)?,
         Command::Train(TrainCommand::Forest(args)) => train::iris::run(&args)?,
         Command::Import(args) => import::run(&args)?,
         Command::Train(TrainCommand::Recommender(args)) => train::recommender::run(&args)?,

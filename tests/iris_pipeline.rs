@@ -154,6 +154,20 @@ async fn malformed_records_are_dead_lettered_with_their_reason() {
         assert_eq!(out.headers.get(HEADER_SOURCE_TOPIC), Some(&topics.input));
         assert!(out.headers[HEADER_SOURCE_PARTITION].parse::<i32>().is_ok());
         assert!(out.headers[HEADER_SOURCE_OFFSET].parse::<i64>().is_ok());
+        // The names Kafka Streams' dead-letter tooling reads (KIP-1034), spelled out so that a
+        // renamed constant fails here rather than in someone's replay job.
+        for name in [
+            "__streams.errors.exception",
+            "__streams.errors.message",
+            "__streams.errors.topic",
+            "__streams.errors.partition",
+            "__streams.errors.offset",
+        ] {
+            assert!(
+                out.headers.contains_key(name),
+                "{key} lacks {name}: {out:?}"
+            );
+        }
         // Original bytes travel unchanged (an empty value and no value both read back empty).
         assert_eq!(
             out.value.clone().unwrap_or_default(),

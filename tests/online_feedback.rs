@@ -13,6 +13,9 @@ use streamscore::model::{LoadedModel, Model};
 use streamscore::online::feedback::FeedbackConfig;
 use streamscore::online::state::Checkpoint;
 use streamscore::online::OnlineConfig;
+use streamscore::record::headers::{
+    HEADER_ERROR, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC,
+};
 use streamscore::service::{self, ServiceConfig};
 
 const PARTITIONS: i32 = 3;
@@ -144,6 +147,100 @@ async fn rated_items_leave_the_list_and_a_new_user_gets_a_personal_one() {
         events.len() as i64,
         "{saved:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_feedback_is_dead_lettered_with_its_reason() {
+    let broker = TestBroker::start();
+    let topics = broker.topics(PARTITIONS).await;
+    let feedback_topic = unique("feedback");
+    broker.create_topic(&feedback_topic, 1).await;
+    let state_dir = tempfile::tempdir().expect("temp dir");
+    // Item 50 and user 1 are in the shipped model; ratings run 1..5.
+    let bad: [(&str, &[u8]); 7] = [
+        ("invalid_json", br#"{"uid": 1, "item""#),
+        ("missing_item", br#"{"uid": 1}"#),
+        ("invalid_uid", br#"{"uid": "one", "item": 50}"#),
+        (
+            "rating_out_of_range",
+            br#"{"uid": 1, "item": 50, "rating": 9}"#,
+        ),
+        (
+            "unknown_item",
+            br#"{"uid": 1, "item": 999999, "rating": 4}"#,
+        ),
+        ("unknown_field", br#"{"uid": 1, "item": 50, "stars": 4}"#),
+        ("empty", b""),
+    ];
+    let mut events: Vec<Input> = bad
+        .iter()
+        .enumerate()
+        .map(|(at, (_, value))| (Some(format!("k{at}").into_bytes()), Some(value.to_vec())))
+        .collect();
+    events.push(feedback(1, 50, Some(4.0)));
+    broker.produce(&feedback_topic, &events).await;
+
+    let service = service::start(ServiceConfig {
+        pipeline: broker.pipeline_config(&topics, &unique("group")),
+        model: repo_path(MODEL),
+        allow_kind_change: false,
+        http_addr: "127.0.0.1:0".parse().expect("loopback"),
+        admin_token: None,
+        observe: Default::default(),
+        feedback: Some(FeedbackConfig {
+            topic: feedback_topic.clone(),
+            state_dir: state_dir.path().to_path_buf(),
+            checkpoint_interval: Duration::from_millis(200),
+            online: OnlineConfig::default(),
+        }),
+    })
+    .await
+    .expect("service starts");
+    let letters = broker
+        .collect(
+            &[&topics.dead_letters],
+            PARTITIONS,
+            bad.len(),
+            Duration::from_secs(30),
+        )
+        .await;
+    let metrics = http(service.http_addr, "GET", "/metrics", &[], "").await.1;
+    service.stop().await.expect("clean shutdown");
+
+    assert_eq!(letters.len(), bad.len(), "{letters:?}");
+    for letter in &letters {
+        let at: usize = letter
+            .key_str()
+            .trim_start_matches('k')
+            .parse()
+            .expect("the original key");
+        let (reason, value) = bad[at];
+        let header = |name: &str| letter.headers.get(name).map(String::as_str);
+        assert_eq!(header(HEADER_REASON), Some(reason), "{letter:?}");
+        assert!(
+            header(HEADER_ERROR).is_some_and(|e| !e.is_empty()),
+            "{letter:?}"
+        );
+        assert_eq!(header(HEADER_SOURCE_TOPIC), Some(feedback_topic.as_str()));
+        assert_eq!(header(HEADER_SOURCE_OFFSET), Some(at.to_string().as_str()));
+        assert_eq!(letter.value.as_deref().unwrap_or_default(), value);
+    }
+    for series in [
+        "streamscore_feedback_events_total{result=\"rejected\"} 7",
+        "streamscore_feedback_events_total{result=\"applied\"} 1",
+        "streamscore_feedback_dead_lettered_total{reason=\"unknown_item\"} 1",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+    // The state moved past all of them: a restart does not dead-letter them again.
+    let saved: Checkpoint = serde_json::from_slice(
+        &std::fs::read(state_dir.path().join("online-state.json")).expect("checkpoint written"),
+    )
+    .expect("checkpoint parses");
+    assert_eq!(saved.offsets.get(&0), Some(&(events.len() as i64)));
 }
 
 /// The real binary serving with a feedback topic, its state in `state_dir`.

@@ -16,7 +16,8 @@ use std::time::Duration;
 use common::*;
 use rdkafka::types::RDKafkaRespErr;
 use streamscore::pipeline::sink::{
-    HEADER_PAYLOAD_OMITTED, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
+    HEADER_ERROR, HEADER_PAYLOAD_OMITTED, HEADER_REASON, HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
 };
 use streamscore::pipeline::Guarantee;
 use streamscore::service::ServiceHandle;
@@ -81,10 +82,7 @@ fn check_undeliverable(letters: &[Collected]) {
         assert!(l.value.is_none(), "no value: {l:?}");
         assert!(l.headers.contains_key(HEADER_SOURCE_PARTITION));
         assert!(l.headers.contains_key(HEADER_SOURCE_OFFSET));
-        assert!(
-            l.headers["streamscore.error"].contains("InvalidRecord"),
-            "{l:?}"
-        );
+        assert!(l.headers[HEADER_ERROR].contains("InvalidRecord"), "{l:?}");
     }
 }
 

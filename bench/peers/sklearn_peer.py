@@ -40,6 +40,7 @@ def main():
     p.add_argument("--records", type=int, required=True)
     p.add_argument("--training", default="training/iris.csv")
     p.add_argument("--copy", action="store_true", help="no model: copy the bytes through")
+    p.add_argument("--ready-file", help="created once partitions are assigned (e2e runs start the load then)")
     a = p.parse_args()
 
     model = None if a.copy else train(a.training)
@@ -58,7 +59,11 @@ def main():
         "linger.ms": 5,
         "compression.type": "lz4",
     })
-    consumer.subscribe([a.input])
+    def on_assign(consumer, partitions):
+        if a.ready_file and partitions:
+            open(a.ready_file, "w").close()
+
+    consumer.subscribe([a.input], on_assign=on_assign)
     done = 0
     first = None
     deadline = time.time() + 3600

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{BenchArgs, BenchTopics};
+use super::BenchArgs;
 
 pub struct ServiceChild {
     pub child: Child,
@@ -27,8 +27,9 @@ impl Drop for ServiceChild {
 pub fn spawn_service(
     args: &BenchArgs,
     brokers: &str,
-    topics: &BenchTopics,
+    input: &str,
     output: &str,
+    dead_letters: &str,
     model: &Path,
     extra_args: &[&str],
 ) -> anyhow::Result<ServiceChild> {
@@ -45,9 +46,9 @@ pub fn spawn_service(
         ])
         .args(extra_args)
         .env("STREAMSCORE_BROKERS", brokers)
-        .env("STREAMSCORE_INPUT_TOPIC", &topics.input)
+        .env("STREAMSCORE_INPUT_TOPIC", input)
         .env("STREAMSCORE_OUTPUT_TOPIC", output)
-        .env("STREAMSCORE_DEAD_LETTER_TOPIC", &topics.dead_letters)
+        .env("STREAMSCORE_DEAD_LETTER_TOPIC", dead_letters)
         .env("STREAMSCORE_GROUP", format!("bench-{output}"))
         .env("STREAMSCORE_LOG_LEVEL", "warn")
         .stdout(Stdio::null())

@@ -7,13 +7,17 @@
 //! client settings, records copied with nothing in between), the service with the model,
 //! the service with an identity model (what the model itself costs), and the Python peer the
 //! service replaces, bytes only and with scikit-learn (when `bench/peers/setup.sh` has made
-//! its environment). Latency mode produces at a fixed rate and measures each record from
-//! its send time (carried in its `id`) to the moment its output is read.
+//! its environment). E2e mode (`e2e`) produces while the outputs are read back. Latency mode
+//! produces at a fixed rate and measures each record from its send time (carried in its
+//! `id`) to the moment its output is read.
 
 mod child;
+mod e2e;
 mod observe;
 mod online;
 mod references;
+
+pub use references::{run_loopback, LoopbackArgs};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +29,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
@@ -59,6 +63,10 @@ pub struct BenchArgs {
     /// Fixed-rate latency run instead of the throughput runs.
     #[arg(long)]
     pub latency: bool,
+    /// Instead of pre-loading the input: a generator produces as fast as it can while the
+    /// outputs are read back, for the ceiling, the service and the Python peer alike.
+    #[arg(long, conflicts_with_all = ["latency", "observe", "online"])]
+    pub e2e: bool,
     /// Records per second in latency mode.
     #[arg(long, default_value_t = 5000)]
     pub rate: u32,
@@ -80,6 +88,10 @@ pub struct BenchArgs {
     /// The recommender model of `--online`.
     #[arg(long, default_value = "models/recommender.json")]
     pub online_model: PathBuf,
+    /// `--online`: paired runs (without and with feedback, the order alternating from pair
+    /// to pair); the median ratio is the result.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub pairs: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,25 +166,21 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let topics = BenchTopics::new(&run_id);
     for topic in topics.all() {
-        match &mock {
-            Some(m) => m.create_topic(topic, args.partitions, 1)?,
-            None => create_topic(&brokers, topic, args.partitions).await?,
-        }
+        ensure_topic(mock.as_ref(), &brokers, topic, args.partitions).await?;
     }
     if args.online {
-        let cap = MOCK_RECORDS_PER_PARTITION * args.partitions as usize;
-        let records = if mock.is_some() {
-            args.records.min(cap)
-        } else {
-            args.records
-        };
+        let records = capped(args.records, mock.is_some(), args.partitions);
         return online::run(args, &brokers, &topics, &run_id, mock.as_ref(), records).await;
     }
     let work = tempfile_dir()?;
     let identity_model = work.join("identity.json");
     identity_of(&args.model)?.write(&identity_model)?;
 
-    if args.latency {
+    if args.e2e {
+        let records = capped(args.records, mock.is_some(), args.partitions);
+        let report = e2e::run(args, &brokers, &run_id, mock.as_ref(), records).await?;
+        e2e::print(&report, args.json)?;
+    } else if args.latency {
         let report = latency(args, &brokers, &topics).await?;
         print_latency(&report, args.json)?;
     } else if args.observe {
@@ -180,14 +188,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let report = observe::run(args, &brokers, &topics, records).await?;
         observe::print(&report, args.json)?;
     } else {
-        let mut records = args.records;
-        if mock.is_some() {
-            let cap = MOCK_RECORDS_PER_PARTITION * args.partitions as usize;
-            if records > cap {
-                eprintln!("embedded mock broker: capping N at {cap} (it keeps ~5 MiB per partition); pass --brokers for larger runs");
-                records = cap;
-            }
-        }
+        let records = capped(args.records, mock.is_some(), args.partitions);
         let preload_rate = preload(&brokers, &topics.input, records).await?;
         let ceiling = references::measure_ceiling(
             &brokers,
@@ -348,6 +349,19 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Creates `name` on the embedded mock (which has no CreateTopics) or through the admin API.
+async fn ensure_topic(
+    mock: Option<&MockCluster<'static, DefaultProducerContext>>,
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    match mock {
+        Some(m) => Ok(m.create_topic(name, partitions, 1)?),
+        None => create_topic(brokers, name, partitions).await,
+    }
+}
+
 async fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -455,7 +469,15 @@ async fn run_service(
     extra_args: &[&str],
     mut tick: impl FnMut(&str),
 ) -> anyhow::Result<ServiceRun> {
-    let mut child = spawn_service(args, brokers, topics, output, model, extra_args)?;
+    let mut child = spawn_service(
+        args,
+        brokers,
+        &topics.input,
+        output,
+        &topics.dead_letters,
+        model,
+        extra_args,
+    )?;
     let start_up = wait_ready(&mut child, Duration::from_secs(60)).await?;
     // Polled often until the first record is in (nothing flows yet, so it costs the service
     // nothing that counts), then rarely: rendering metrics costs the service CPU too. The
@@ -650,7 +672,15 @@ async fn latency(
 ) -> anyhow::Result<LatencyReport> {
     // The harness floor first: the same generator and reader on one topic, nothing between.
     let floor = sample_latency(args, brokers, &topics.ceiling_out, &topics.ceiling_out).await?;
-    let mut child = spawn_service(args, brokers, topics, &topics.forest_out, &args.model, &[])?;
+    let mut child = spawn_service(
+        args,
+        brokers,
+        &topics.input,
+        &topics.forest_out,
+        &topics.dead_letters,
+        &args.model,
+        &[],
+    )?;
     wait_ready(&mut child, Duration::from_secs(60)).await?;
     let (cpu_before, _) = process_usage(child.child.id())?;
     let sample = sample_latency(args, brokers, &topics.input, &topics.forest_out).await?;
@@ -738,6 +768,12 @@ fn print_throughput(r: &ThroughputReport, json: bool) -> anyhow::Result<()> {
         reference(f);
     }
     println!("forest / loopback ceiling: {:.3}", r.forest_over_ceiling);
+    if let Some(ceiling_cpu) = r.ceiling.cpu_us_per_record {
+        println!(
+            "CPU per record, forest / loopback ceiling (librdkafka alone, our settings): {:.2}",
+            r.forest.cpu_us_per_record / ceiling_cpu
+        );
+    }
     if let Some(ratio) = r.forest_over_python_sklearn {
         println!("forest / python + scikit-learn: {ratio:.2}");
     }

@@ -7,6 +7,10 @@
 //! service has taken in (paced on its `records_in` counter, read every 100 ms), so the
 //! feedback thread competes with scoring for the same cores throughout at 10 % of the
 //! request rate (the report gives how many it applied in the window).
+//!
+//! `--pairs` such pairs run back to back, the order alternating, and the median ratio is
+//! the result: on a shared machine one run's figure moves by a quarter with the load of the
+//! moment, which a single pair cannot tell from the cost of learning.
 
 use std::path::Path;
 use std::time::Duration;
@@ -40,15 +44,36 @@ struct OnlineRun {
 }
 
 #[derive(Debug, Serialize)]
+struct Pair {
+    /// Which ran first in this pair.
+    first: String,
+    frozen: OnlineRun,
+    online: OnlineRun,
+    online_over_frozen: f64,
+    /// Service CPU the feedback added, per feedback event applied (all its threads).
+    extra_cpu_us_per_feedback_event: f64,
+}
+
+#[derive(Debug, Serialize)]
 struct OnlineReport {
     broker: String,
     model: String,
     ceiling: ReferenceFigures,
-    frozen: OnlineRun,
-    online: OnlineRun,
-    online_over_frozen: f64,
-    frozen_over_ceiling: f64,
-    online_over_ceiling: f64,
+    pairs: Vec<Pair>,
+    /// The median of the pairs' `online_over_frozen`.
+    median_online_over_frozen: f64,
+    median_frozen_over_ceiling: f64,
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 pub async fn run(
@@ -59,11 +84,6 @@ pub async fn run(
     mock: Option<&MockCluster<'static, DefaultProducerContext>>,
     records: usize,
 ) -> anyhow::Result<()> {
-    let feedback_topic = format!("bench-feedback-{run_id}");
-    match mock {
-        Some(m) => m.create_topic(&feedback_topic, args.partitions, 1)?,
-        None => create_topic(brokers, &feedback_topic, args.partitions).await?,
-    }
     preload(brokers, &topics.input, records, |i| {
         // About one request in eleven is for a user the model does not know.
         let uid = 1 + (i * 7) % 1100;
@@ -82,54 +102,121 @@ pub async fn run(
     )
     .await?;
     let model = &args.online_model;
-    let frozen = serve(
-        args,
-        brokers,
-        topics,
-        &topics.forest_out,
-        model,
-        records,
-        &[],
-        "frozen",
-        None,
-    )
-    .await?;
-
-    let state_dir = std::env::temp_dir().join(format!("streamscore-bench-state-{run_id}"));
-    let state = state_dir.to_string_lossy().into_owned();
-    let online = serve(
-        args,
-        brokers,
-        topics,
-        &topics.identity_out,
-        model,
-        records,
-        &["--feedback-topic", &feedback_topic, "--state-dir", &state],
-        "online (feedback stream)",
-        Some((&feedback_topic, FEEDBACK_SHARE)),
-    )
-    .await?;
-    let _ = std::fs::remove_dir_all(&state_dir);
+    let mut pairs = Vec::new();
+    for pair in 0..args.pairs {
+        // Every run reads the same input under its own group into its own output; each
+        // online run learns from a fresh feedback topic into a fresh state directory.
+        let new_topic = |kind: &str| format!("bench-online-{kind}-{run_id}-{pair}");
+        let (frozen_out, online_out, feedback_topic) = (
+            new_topic("frozen"),
+            new_topic("online"),
+            new_topic("feedback"),
+        );
+        for topic in [&frozen_out, &online_out, &feedback_topic] {
+            match mock {
+                Some(m) => m.create_topic(topic, args.partitions, 1)?,
+                None => create_topic(brokers, topic, args.partitions).await?,
+            }
+        }
+        let state_dir =
+            std::env::temp_dir().join(format!("streamscore-bench-state-{run_id}-{pair}"));
+        let state = state_dir.to_string_lossy().into_owned();
+        let online_args = [
+            "--feedback-topic",
+            feedback_topic.as_str(),
+            "--state-dir",
+            state.as_str(),
+        ];
+        // Alternating the order keeps whatever the first or second run of a pair meets
+        // (a warmer broker, a load spike) from always falling on the same side.
+        let frozen_first = pair % 2 == 0;
+        let mut frozen = None;
+        let mut online = None;
+        for online_turn in [!frozen_first, frozen_first] {
+            if online_turn {
+                online = Some(
+                    serve(
+                        args,
+                        brokers,
+                        topics,
+                        &online_out,
+                        model,
+                        records,
+                        &online_args,
+                        "online (feedback stream)",
+                        Some((&feedback_topic, FEEDBACK_SHARE)),
+                    )
+                    .await?,
+                );
+            } else {
+                frozen = Some(
+                    serve(
+                        args,
+                        brokers,
+                        topics,
+                        &frozen_out,
+                        model,
+                        records,
+                        &[],
+                        "frozen",
+                        None,
+                    )
+                    .await?,
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let (Some(frozen), Some(online)) = (frozen, online) else {
+            unreachable!("each pair runs both")
+        };
+        let extra_cpu_us = (online.cpu_us_per_record - frozen.cpu_us_per_record) * records as f64
+            / online.feedback_applied.max(1.0);
+        let pair = Pair {
+            first: if frozen_first { "frozen" } else { "online" }.to_owned(),
+            online_over_frozen: online.records_per_second / frozen.records_per_second,
+            extra_cpu_us_per_feedback_event: extra_cpu_us,
+            frozen,
+            online,
+        };
+        if !args.json {
+            eprintln!(
+                "pair {}: frozen {:.0}/s, online {:.0}/s, ratio {:.3}",
+                pairs.len() + 1,
+                pair.frozen.records_per_second,
+                pair.online.records_per_second,
+                pair.online_over_frozen
+            );
+        }
+        pairs.push(pair);
+    }
     let report = OnlineReport {
         broker: brokers.to_owned(),
         model: model.display().to_string(),
-        online_over_frozen: online.records_per_second / frozen.records_per_second,
-        frozen_over_ceiling: frozen.records_per_second / ceiling.records_per_second,
-        online_over_ceiling: online.records_per_second / ceiling.records_per_second,
+        median_online_over_frozen: median(pairs.iter().map(|p| p.online_over_frozen).collect()),
+        median_frozen_over_ceiling: median(
+            pairs
+                .iter()
+                .map(|p| p.frozen.records_per_second / ceiling.records_per_second)
+                .collect(),
+        ),
         ceiling,
-        frozen,
-        online,
+        pairs,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     println!(
-        "broker {}  model {}  {} requests; online run: one feedback event per {:.0} requests taken in",
+        "broker {}  model {}  {} requests; online runs: one feedback event per {:.0} requests taken in",
         report.broker, report.model, records, 1.0 / FEEDBACK_SHARE
     );
     println!(
-        "{:<28} {:>11} {:>9} {:>9} {:>9} {:>8} {:>20}",
+        "loopback ceiling {:.0} records/s",
+        report.ceiling.records_per_second
+    );
+    println!(
+        "{:<6} {:<28} {:>11} {:>9} {:>9} {:>9} {:>8} {:>20}",
+        "pair",
         "run",
         "records/s",
         "cpu µs/r",
@@ -138,27 +225,39 @@ pub async fn run(
         "peak MB",
         "feedback sent/applied"
     );
-    println!(
-        "{:<28} {:>11.0}",
-        report.ceiling.name, report.ceiling.records_per_second
-    );
-    for r in [&report.frozen, &report.online] {
+    for (at, pair) in report.pairs.iter().enumerate() {
+        let runs = if pair.first == "frozen" {
+            [&pair.frozen, &pair.online]
+        } else {
+            [&pair.online, &pair.frozen]
+        };
+        for r in runs {
+            println!(
+                "{:<6} {:<28} {:>11.0} {:>9.2} {:>7.1}ms {:>7.1}ms {:>8.1} {:>8.0}/{:.0} ({:.1}%)",
+                at + 1,
+                r.name,
+                r.records_per_second,
+                r.cpu_us_per_record,
+                r.batch_latency_p50_ms,
+                r.batch_latency_p99_ms,
+                r.peak_rss_mb,
+                r.feedback_sent,
+                r.feedback_applied,
+                100.0 * r.feedback_applied / r.records.max(1) as f64
+            );
+        }
         println!(
-            "{:<28} {:>11.0} {:>9.2} {:>7.1}ms {:>7.1}ms {:>8.1} {:>8.0}/{:.0} ({:.1}%)",
-            r.name,
-            r.records_per_second,
-            r.cpu_us_per_record,
-            r.batch_latency_p50_ms,
-            r.batch_latency_p99_ms,
-            r.peak_rss_mb,
-            r.feedback_sent,
-            r.feedback_applied,
-            100.0 * r.feedback_applied / r.records.max(1) as f64
+            "{:<6} online / frozen {:.3}; feedback added {:.1} µs of service CPU per event",
+            at + 1,
+            pair.online_over_frozen,
+            pair.extra_cpu_us_per_feedback_event
         );
     }
     println!(
-        "online / frozen: {:.3}   frozen / ceiling: {:.3}   online / ceiling: {:.3}",
-        report.online_over_frozen, report.frozen_over_ceiling, report.online_over_ceiling
+        "median online / frozen over {} pairs: {:.3}   median frozen / ceiling: {:.3}",
+        report.pairs.len(),
+        report.median_online_over_frozen,
+        report.median_frozen_over_ceiling
     );
     Ok(())
 }

@@ -15,6 +15,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
+use super::child::process_usage;
 use crate::pipeline::sink::producer_settings;
 use crate::pipeline::source::consumer_settings;
 use crate::pipeline::{PipelineConfig, DEFAULT_MAX_BATCH_BYTES};
@@ -25,8 +26,7 @@ pub struct ReferenceFigures {
     pub records: usize,
     pub seconds: f64,
     pub records_per_second: f64,
-    /// CPU of the reference's own process; absent for the in-process ceiling, whose process
-    /// also runs the load generator (and the embedded broker).
+    /// CPU of the reference's own process, from its first record on.
     pub cpu_us_per_record: Option<f64>,
 }
 
@@ -57,16 +57,51 @@ fn settings(
     }
 }
 
+/// The ceiling run in a process of its own (`streamscore loopback`), so that its CPU, like
+/// the service's, is its own and not the load generator's or the embedded broker's.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoopbackArgs {
+    #[arg(long)]
+    pub brokers: String,
+    #[arg(long)]
+    pub input: String,
+    #[arg(long)]
+    pub output: String,
+    #[arg(long)]
+    pub records: usize,
+    #[arg(long, value_parser = crate::config::parse_interval)]
+    pub batch_interval: Duration,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LoopbackOutput {
+    seconds: f64,
+    /// This process's CPU from its first record on, every librdkafka thread included.
+    cpu_seconds: f64,
+}
+
+/// `streamscore loopback`: runs the ceiling and prints its figures as one JSON line.
+pub fn run_loopback(args: &LoopbackArgs) -> anyhow::Result<()> {
+    let out = loopback_ceiling(
+        &args.brokers,
+        &args.input,
+        &args.output,
+        args.records,
+        args.batch_interval,
+    )?;
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
 /// Consumes `records` records and produces each again unchanged, with the service's own
-/// client settings for `batch_interval`, until every one is acknowledged. Runs on the calling
-/// thread.
-pub fn loopback_ceiling(
+/// client settings for `batch_interval`, until every one is acknowledged.
+fn loopback_ceiling(
     brokers: &str,
     input: &str,
     output: &str,
     records: usize,
     batch_interval: Duration,
-) -> anyhow::Result<ReferenceFigures> {
+) -> anyhow::Result<LoopbackOutput> {
     let config = settings(
         brokers,
         input,
@@ -78,7 +113,8 @@ pub fn loopback_ceiling(
     let producer: ThreadedProducer<DefaultProducerContext> = producer_settings(&config).create()?;
     consumer.subscribe(&[input])?;
     let deadline = Instant::now() + Duration::from_secs(3600);
-    let mut first: Option<Instant> = None;
+    let own_cpu = || process_usage(std::process::id()).map(|(cpu, _)| cpu);
+    let mut first: Option<(Instant, f64)> = None;
     let mut copied = 0usize;
     while copied < records {
         if Instant::now() > deadline {
@@ -88,7 +124,9 @@ pub fn loopback_ceiling(
             continue;
         };
         let Ok(message) = polled else { continue };
-        first.get_or_insert_with(Instant::now);
+        if first.is_none() {
+            first = Some((Instant::now(), own_cpu()?));
+        }
         let mut record = BaseRecord::<[u8], [u8]>::to(output);
         if let Some(key) = message.key() {
             record = record.key(key);
@@ -109,17 +147,14 @@ pub fn loopback_ceiling(
         copied += 1;
     }
     producer.flush(Duration::from_secs(60))?;
-    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    Ok(ReferenceFigures {
-        name: "loopback ceiling".into(),
-        records,
-        seconds,
-        records_per_second: records as f64 / seconds.max(1e-9),
-        cpu_us_per_record: None,
+    let (started, cpu_at_first) = first.unwrap_or((Instant::now(), 0.0));
+    Ok(LoopbackOutput {
+        seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: own_cpu()? - cpu_at_first,
     })
 }
 
-/// `loopback_ceiling` on a blocking thread, for the async bench runs.
+/// Runs the loopback ceiling as a child process and reads its figures.
 pub async fn measure_ceiling(
     brokers: &str,
     input: &str,
@@ -127,11 +162,35 @@ pub async fn measure_ceiling(
     records: usize,
     batch_interval: Duration,
 ) -> anyhow::Result<ReferenceFigures> {
-    let (brokers, input, output) = (brokers.to_owned(), input.to_owned(), output.to_owned());
-    tokio::task::spawn_blocking(move || {
-        loopback_ceiling(&brokers, &input, &output, records, batch_interval)
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("loopback")
+        .args(["--brokers", brokers, "--input", input, "--output", output])
+        .args(["--records", &records.to_string()])
+        .args([
+            "--batch-interval",
+            &humantime::format_duration(batch_interval).to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let out = command
+        .output()
+        .await
+        .context("running the loopback ceiling")?;
+    if !out.status.success() {
+        bail!("the loopback ceiling failed: {}", out.status);
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let figures: LoopbackOutput = serde_json::from_str(line.trim())
+        .with_context(|| format!("reading the loopback ceiling's figures from {line:?}"))?;
+    Ok(ReferenceFigures {
+        name: "loopback ceiling".into(),
+        records,
+        seconds: figures.seconds,
+        records_per_second: records as f64 / figures.seconds.max(1e-9),
+        cpu_us_per_record: Some(figures.cpu_seconds * 1e6 / records.max(1) as f64),
     })
-    .await?
 }
 
 /// The peer's interpreter, when `bench/peers/setup.sh` has made its environment.
@@ -147,8 +206,9 @@ struct PeerOutput {
     cpu_seconds: f64,
 }
 
-/// Runs the Python peer over the pre-loaded input (`copy`: without the model, bytes only).
-pub fn python_peer(
+/// The Python peer's command line (`copy`: without the model, bytes only); it reads `records`
+/// records from `input` and prints its figures as one JSON line when done.
+pub fn python_peer_command(
     python: &Path,
     repo: &Path,
     brokers: &str,
@@ -156,7 +216,7 @@ pub fn python_peer(
     output: &str,
     records: usize,
     copy: bool,
-) -> anyhow::Result<ReferenceFigures> {
+) -> Command {
     let mut command = Command::new(python);
     command
         .current_dir(repo)
@@ -169,7 +229,30 @@ pub fn python_peer(
     if copy {
         command.arg("--copy");
     }
-    let out = command.output().context("running the Python peer")?;
+    command
+}
+
+/// Runs the Python peer over the pre-loaded input.
+pub fn python_peer(
+    python: &Path,
+    repo: &Path,
+    brokers: &str,
+    input: &str,
+    output: &str,
+    records: usize,
+    copy: bool,
+) -> anyhow::Result<ReferenceFigures> {
+    let out = python_peer_command(python, repo, brokers, input, output, records, copy)
+        .output()
+        .context("running the Python peer")?;
+    python_peer_figures(&out, copy)
+}
+
+/// The figures a finished peer printed.
+pub fn python_peer_figures(
+    out: &std::process::Output,
+    copy: bool,
+) -> anyhow::Result<ReferenceFigures> {
     if !out.status.success() {
         bail!("the Python peer failed: {}", out.status);
     }

@@ -195,6 +195,8 @@ impl Forest {
                             feature: node.feature,
                             yes: node.left,
                             no: node.right,
+                            // `comparable` makes a NaN +∞, which fails every split.
+                            missing_yes: false,
                         }
                     }
                 };

@@ -58,32 +58,56 @@ pub fn solve_user(
     evidence: &[Evidence],
     reg: f64,
 ) -> Result<Solved, SolveError> {
-    let d = model.factors() + 1;
-    let n = evidence.len();
-    // invariant: item rows are contiguous (`Recommender` keeps them items × factors,
-    // standard layout), as are the rows of the standard-layout arrays made here.
-    let item = |i: u32| model.item_factors(i).to_slice().unwrap_or_default();
-    // Prior: mean and diagonal precision.
-    let mut x0 = Array1::<f64>::zeros(d);
-    let mut precision = vec![reg; d];
-    if let Some(u) = known {
-        let (bias, factors) = model.user_params(u);
-        for (x, v) in x0
-            .iter_mut()
-            .zip(std::iter::once(bias).chain(factors.iter().copied()))
-        {
-            *x = f64::from(v);
-        }
-        let trained = model.rated_of(u);
-        precision[0] += trained.len() as f64;
-        for &i in trained {
-            for (p, q) in precision[1..].iter_mut().zip(item(i)) {
-                let q = f64::from(*q);
-                *p += q * q;
-            }
+    let precision = known.map(|u| known_precision(model, u, reg));
+    solve_user_with(model, known, precision.as_deref(), evidence, reg)
+}
+
+/// The diagonal prior precision of known user `u`, `λ + Σ_{training items} z_i²`: a pass
+/// over every item they rated at training time (`O(ratings · k)`), which the state computes
+/// once per user and model rather than once per event.
+pub fn known_precision(model: &Recommender, u: usize, reg: f64) -> Box<[f64]> {
+    let mut precision = vec![reg; model.factors() + 1];
+    let trained = model.rated_of(u);
+    precision[0] += trained.len() as f64;
+    for &i in trained {
+        for (p, q) in precision[1..].iter_mut().zip(item_row(model, i)) {
+            let q = f64::from(*q);
+            *p += q * q;
         }
     }
-    let precision = Array1::from(precision);
+    precision.into()
+}
+
+/// `solve_user` with known user `known`'s prior precision already computed
+/// (`known_precision`; computed here when `None`). Ignored for a new user.
+pub fn solve_user_with(
+    model: &Recommender,
+    known: Option<usize>,
+    known_prior: Option<&[f64]>,
+    evidence: &[Evidence],
+    reg: f64,
+) -> Result<Solved, SolveError> {
+    let d = model.factors() + 1;
+    let n = evidence.len();
+    let item = |i: u32| item_row(model, i);
+    // Prior: mean and diagonal precision.
+    let mut x0 = Array1::<f64>::zeros(d);
+    let precision = match known {
+        Some(u) => {
+            let (bias, factors) = model.user_params(u);
+            for (x, v) in x0
+                .iter_mut()
+                .zip(std::iter::once(bias).chain(factors.iter().copied()))
+            {
+                *x = f64::from(v);
+            }
+            match known_prior.filter(|p| p.len() == d) {
+                Some(p) => Array1::from(p.to_vec()),
+                None => Array1::from(known_precision(model, u, reg).into_vec()),
+            }
+        }
+        None => Array1::from_elem(d, reg),
+    };
     let mut z = Array2::<f64>::zeros((n, d));
     for (mut row, e) in z.rows_mut().into_iter().zip(evidence) {
         let Some(row) = row.as_slice_mut() else {
@@ -128,6 +152,13 @@ pub fn solve_user(
         return Err(SolveError::NotFinite);
     }
     Ok(solved)
+}
+
+/// Item `i`'s factor row as a slice.
+fn item_row(model: &Recommender, i: u32) -> &[f32] {
+    // invariant: item rows are contiguous (`Recommender` keeps them items × factors,
+    // standard layout).
+    model.item_factors(i).to_slice().unwrap_or_default()
 }
 
 /// Solves `A x = c` for symmetric positive-definite `A`, reading its lower triangle only:

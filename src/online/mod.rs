@@ -5,6 +5,7 @@
 //! - `state`: the learned state, a pure function of (model, feedback applied), with the
 //!   feedback offsets it reflects;
 //! - `checkpoint`: the state on disk, written atomically with those offsets;
+//! - `reject`: why a feedback record is unusable; `dead_letter`: where it goes then;
 //! - `feedback`: the thread that consumes the feedback topic, applies, publishes and
 //!   checkpoints;
 //! - `eval`: the prequential (test-then-learn) evaluation of frozen vs online.
@@ -18,9 +19,11 @@
 //! offline model between retrains.
 
 pub mod checkpoint;
+pub mod dead_letter;
 pub mod eval;
 pub mod feedback;
 pub mod foldin;
+pub mod reject;
 pub mod state;
 
 use std::collections::HashMap;
@@ -103,6 +106,8 @@ pub const PUBLISH_CHUNK: usize = 256;
 pub struct OnlineMetrics {
     /// Feedback records by result: applied, replayed (already in the state), rejected.
     pub feedback_events: IntCounterVec,
+    /// Feedback records dead-lettered, by reason code.
+    pub feedback_dead_lettered: IntCounterVec,
     pub users_folded_in: IntCounter,
     pub users: IntGauge,
     pub users_evicted: IntCounter,
@@ -127,6 +132,16 @@ impl OnlineMetrics {
                         "Feedback records read, by result (applied, replayed, rejected)",
                     ),
                     &["result"],
+                ),
+            ),
+            feedback_dead_lettered: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        ns("feedback_dead_lettered_total"),
+                        "Feedback records sent to the dead-letter topic, by reason",
+                    ),
+                    &["reason"],
                 ),
             ),
             users_folded_in: register(

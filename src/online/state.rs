@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::foldin::{solve_user, Evidence, Solved};
+use super::foldin::{known_precision, solve_user_with, Evidence, Solved};
 use crate::model::Recommender;
 
 /// Tuning of the online learner.
@@ -30,6 +30,8 @@ pub struct OnlineConfig {
     pub max_users: usize,
     /// Items kept per user; beyond it the oldest event is forgotten.
     pub max_events_per_user: usize,
+    /// Ratings outside `[min, max]` are dead-lettered, not learned from.
+    pub rating_range: (f32, f32),
 }
 
 impl Default for OnlineConfig {
@@ -39,6 +41,7 @@ impl Default for OnlineConfig {
             implicit_boost: 1.0,
             max_users: 100_000,
             max_events_per_user: 500,
+            rating_range: (1.0, 5.0),
         }
     }
 }
@@ -51,18 +54,6 @@ pub struct FeedbackEvent {
     pub item: i64,
     #[serde(default)]
     pub rating: Option<f32>,
-}
-
-impl FeedbackEvent {
-    /// Reads `{"uid": 196, "item": 242, "rating": 3.5}` or `{"uid": 196, "item": 242}`.
-    pub fn decode(payload: &[u8]) -> Result<Self, String> {
-        let event: FeedbackEvent =
-            serde_json::from_slice(payload).map_err(|e| format!("not a feedback event: {e}"))?;
-        if event.rating.is_some_and(|r| !r.is_finite()) {
-            return Err("`rating` must be a finite number".into());
-        }
-        Ok(event)
-    }
 }
 
 /// What scoring sees of one user: published by the feedback thread, read per batch.
@@ -82,6 +73,10 @@ struct UserLog {
     events: Vec<(i64, Option<f32>)>,
     /// `applied` at this user's last event: the eviction order.
     touched: u64,
+    /// A known user's prior precision under the current model (`foldin::known_precision`),
+    /// kept so that each event costs a solve over the new ratings only, not a pass over
+    /// the user's whole training history; cleared when the model changes.
+    prior: Option<Box<[f64]>>,
 }
 
 /// The outcome of offering one event to the state.
@@ -192,6 +187,7 @@ impl OnlineState {
         let log = self.users.entry(event.uid).or_insert_with(|| UserLog {
             events: Vec::new(),
             touched,
+            prior: None,
         });
         self.by_touch.remove(&log.touched);
         log.touched = touched;
@@ -224,6 +220,9 @@ impl OnlineState {
     /// model was trained on (an item in its rated list for that user) is not counted twice.
     pub fn rebase(&mut self, model: &Recommender, model_version: &str) {
         self.model_version = Arc::from(model_version);
+        for log in self.users.values_mut() {
+            log.prior = None;
+        }
         let uids: Vec<i64> = self.users.keys().copied().collect();
         for uid in uids {
             self.resolve(model, uid);
@@ -231,10 +230,14 @@ impl OnlineState {
     }
 
     fn resolve(&mut self, model: &Recommender, uid: i64) {
-        let Some(log) = self.users.get(&uid) else {
+        let Some(log) = self.users.get_mut(&uid) else {
             return;
         };
         let known = model.user_index(uid);
+        if let (Some(u), None) = (known, &log.prior) {
+            log.prior = Some(known_precision(model, u, self.config.reg));
+        }
+        let log = &*log;
         let trained_on = known.map_or(&[][..], |u| model.rated_of(u));
         let implicit = model.global_mean() + self.config.implicit_boost;
         let mut evidence: Vec<Evidence> = log
@@ -256,7 +259,13 @@ impl OnlineState {
         let solved = if evidence.is_empty() && known.is_none() {
             None
         } else {
-            match solve_user(model, known, &evidence, self.config.reg) {
+            match solve_user_with(
+                model,
+                known,
+                log.prior.as_deref(),
+                &evidence,
+                self.config.reg,
+            ) {
                 Ok(solved) => Some(solved),
                 Err(_) => {
                     self.solve_failures += 1;
@@ -279,7 +288,10 @@ impl OnlineState {
         let per_user_fixed = 3 * 64;
         self.users
             .values()
-            .map(|log| log.events.capacity() * std::mem::size_of::<(i64, Option<f32>)>())
+            .map(|log| {
+                log.events.capacity() * std::mem::size_of::<(i64, Option<f32>)>()
+                    + log.prior.as_ref().map_or(0, |p| p.len() * 8)
+            })
             .sum::<usize>()
             + self
                 .learned
@@ -367,6 +379,7 @@ impl OnlineState {
                 UserLog {
                     events,
                     touched: user.touched,
+                    prior: None,
                 },
             );
             state.learned.insert(
@@ -614,34 +627,5 @@ mod tests {
         let restored = OnlineState::from_checkpoint(OnlineConfig::default(), cp, &model, "v3");
         assert_eq!(restored.model_version(), "v3");
         assert_eq!(&*restored.learned(555).unwrap().model_version, "v3");
-    }
-
-    #[test]
-    fn feedback_events_decode_or_say_why_not() {
-        assert_eq!(
-            FeedbackEvent::decode(br#"{"uid": 196, "item": 242, "rating": 3.5}"#).unwrap(),
-            FeedbackEvent {
-                uid: 196,
-                item: 242,
-                rating: Some(3.5)
-            }
-        );
-        assert_eq!(
-            FeedbackEvent::decode(br#"{"uid": 196, "item": 242}"#)
-                .unwrap()
-                .rating,
-            None
-        );
-        for bad in [
-            &br#"{"uid": 196}"#[..],
-            br#"{"uid": "196", "item": 1}"#,
-            br#"{"uid": 1, "item": 2, "rating": "5"}"#,
-            br#"{"uid": 1, "item": 2, "extra": 1}"#,
-            br#"{"uid": 1, "uid": 2, "item": 2}"#,
-            b"not json",
-        ] {
-            let error = FeedbackEvent::decode(bad).unwrap_err();
-            assert!(error.contains("not a feedback event"), "{error}");
-        }
     }
 }

@@ -278,7 +278,7 @@ impl CommitStage {
             }
         }
         let result = to_partition_list(&self.input_topic, &offsets)
-            .and_then(|tpl| commit_with_retries(&self.consumer, &tpl));
+            .and_then(|tpl| commit_with_retries(|| self.consumer.commit(&tpl, CommitMode::Sync)));
         let unsaved = &self.consumer.context().unsaved;
         match &result {
             Ok(()) => unsaved.saved(&offsets),
@@ -304,10 +304,13 @@ impl CommitStage {
     }
 }
 
-fn commit_with_retries(consumer: &Consumer, offsets: &TopicPartitionList) -> KafkaResult<()> {
+/// A commit, tried again after a pause while the group coordinator is briefly unavailable;
+/// any other error is final at once (a retry could not change it, and would only hold up
+/// the batches behind it).
+fn commit_with_retries(mut commit: impl FnMut() -> KafkaResult<()>) -> KafkaResult<()> {
     let mut attempt = 1;
     loop {
-        match consumer.commit(offsets, CommitMode::Sync) {
+        match commit() {
             Err(e) if attempt < COMMIT_ATTEMPTS && is_retriable(&e) => {
                 attempt += 1;
                 std::thread::sleep(COMMIT_BACKOFF);
@@ -338,6 +341,7 @@ fn is_retriable(e: &KafkaError) -> bool {
 mod tests {
     use super::*;
     use rdkafka::message::{OwnedMessage, Timestamp};
+    use rdkafka::types::RDKafkaErrorCode;
 
     fn msg(partition: i32, offset: i64) -> OwnedMessage {
         OwnedMessage::new(
@@ -367,6 +371,37 @@ mod tests {
         assert!(unsaved.take(&[1]).is_empty(), "a later commit covers it");
         assert_eq!(unsaved.take(&[0, 2]), NextOffsets::from([(0, 12)]));
         assert!(unsaved.take(&[0]).is_empty(), "taken once");
+    }
+
+    /// Runs `commit_with_retries` over scripted answers; returns its result and the attempts.
+    fn retried(answers: &[Option<RDKafkaErrorCode>]) -> (KafkaResult<()>, usize) {
+        let mut attempts = 0;
+        let result = commit_with_retries(|| {
+            let answer = answers.get(attempts).copied().flatten();
+            attempts += 1;
+            match answer {
+                None => Ok(()),
+                Some(code) => Err(KafkaError::ConsumerCommit(code)),
+            }
+        });
+        (result, attempts)
+    }
+
+    #[test]
+    fn a_commit_is_retried_only_while_the_coordinator_is_unavailable() {
+        use RDKafkaErrorCode as C;
+        let (result, attempts) = retried(&[Some(C::CoordinatorNotAvailable), None]);
+        assert!(result.is_ok(), "the retry succeeded");
+        assert_eq!(attempts, 2);
+
+        let (result, attempts) = retried(&[Some(C::RebalanceInProgress), None]);
+        assert!(result.is_err(), "a rebalance is not waited out here");
+        assert_eq!(attempts, 1, "a final error is not retried");
+
+        let unavailable = [Some(C::NotCoordinator); 10];
+        let (result, attempts) = retried(&unavailable);
+        assert!(result.is_err());
+        assert_eq!(attempts, COMMIT_ATTEMPTS as usize, "retries are bounded");
     }
 
     #[test]

@@ -22,13 +22,10 @@ use crate::transform::Outcome;
 /// Pause before re-offering a record to a full producer queue.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
 
-pub const HEADER_REASON: &str = "streamscore.reason";
-pub const HEADER_ERROR: &str = "streamscore.error";
-pub const HEADER_SOURCE_TOPIC: &str = "streamscore.source.topic";
-pub const HEADER_SOURCE_PARTITION: &str = "streamscore.source.partition";
-pub const HEADER_SOURCE_OFFSET: &str = "streamscore.source.offset";
-/// Present when the original value was too large for the dead-letter topic and was dropped.
-pub const HEADER_PAYLOAD_OMITTED: &str = "streamscore.payload.omitted";
+pub use crate::record::headers::{
+    HEADER_ERROR, HEADER_PAYLOAD_OMITTED, HEADER_REASON, HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+};
 
 /// How many of a batch's records went where, counted once they are acknowledged.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -439,7 +436,11 @@ pub fn undeliverable_headers(
     headers
 }
 
-fn dead_letter_headers(input: &impl Message, reason: &str, detail: &str) -> OwnedHeaders {
+pub(crate) fn dead_letter_headers(
+    input: &impl Message,
+    reason: &str,
+    detail: &str,
+) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(5 + input.headers().map_or(0, |h| h.count()));
     // The input's own headers travel with it, so a replay can restore the record exactly.
     if let Some(original) = input.headers() {
@@ -543,6 +544,66 @@ mod tests {
             offset,
             None,
         )
+    }
+
+    #[test]
+    fn a_batch_given_up_midway_withdraws_exactly_the_records_not_handed_over() {
+        // A queue of one message: the first output is taken, the second finds the queue
+        // full, and giving up at once ends the batch there.
+        let sink = Sink::new(&config(&[("queue.buffering.max.messages", "1")])).unwrap();
+        let inputs: Vec<_> = (0..4).map(|offset| input(0, offset)).collect();
+        let outcomes: Vec<_> = (0..4)
+            .map(|_| Outcome::Scored(br#"{"label":"x"}"#.to_vec()))
+            .collect();
+        let acks = Arc::new(BatchAcks::new(inputs.len()));
+        let sent = sink.send_batch(&inputs, &outcomes, &acks, || true);
+        assert!(sent.is_err(), "the batch is given up");
+        assert!(
+            !acks.is_settled(),
+            "the one record handed over is still pending"
+        );
+        // Its report (a timeout against the closed port) is the last one the batch waits for.
+        assert!(
+            acks.wait(Duration::from_secs(10)),
+            "settled by that one report"
+        );
+        assert_eq!(acks.take_failures().len(), 1);
+    }
+
+    #[test]
+    fn only_a_dead_letter_too_large_to_produce_loses_its_value() {
+        let sink = Sink::new(&config(&[("message.max.bytes", "1000")])).unwrap();
+        let big = OwnedMessage::new(
+            Some(vec![b'x'; 5000]),
+            Some(b"key-7".to_vec()),
+            "in".into(),
+            Timestamp::NotAvailable,
+            0,
+            1,
+            None,
+        );
+        // An output that large is a fault of the model's schema, not of one record: dropping
+        // its value would deliver an empty prediction, so the batch fails instead.
+        let acks = Arc::new(BatchAcks::new(1));
+        let output = [Outcome::Scored(vec![b'y'; 5000])];
+        let err = sink
+            .send_batch(std::slice::from_ref(&big), &output, &acks, || true)
+            .expect_err("an output over message.max.bytes is refused");
+        assert!(
+            format!("{err:#}").contains("cannot produce to out"),
+            "{err:#}"
+        );
+
+        // The input itself as a dead letter goes without its value, and says so.
+        let acks = Arc::new(BatchAcks::new(1));
+        let rejected = [Outcome::Rejected(crate::record::Rejection::new(
+            Reason::InvalidJson,
+            "not JSON",
+        ))];
+        let sent = sink
+            .send_batch(std::slice::from_ref(&big), &rejected, &acks, || true)
+            .expect("a dead letter without its value fits");
+        assert_eq!(sent.dead_letters[Reason::InvalidJson as usize], 1);
     }
 
     #[test]

@@ -102,8 +102,8 @@ impl SourceContext {
 
 /// Consumer errors that librdkafka does not get past by itself, or gets past only by
 /// skipping records: a fenced static member, missing permissions, a batch it cannot
-/// decompress or parse (it would move on past it, and committing later offsets would skip
-/// those records for good).
+/// decompress or parse (it fetches that batch again and again, so the partition stalls while
+/// the instance looks healthy: `tests/consumer_errors.rs`).
 pub fn unrecoverable(error: &KafkaError) -> Option<&'static str> {
     use RDKafkaErrorCode as C;
     Some(match error.rdkafka_error_code()? {

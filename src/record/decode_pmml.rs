@@ -106,3 +106,58 @@ fn prepare(model: &PmmlModel, i: usize, raw: Raw<'_>) -> Result<f64, Rejection> 
         InputError::Invalid(m) => Rejection::new(Reason::InvalidValue, m),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iris_tree() -> PmmlModel {
+        let text = std::fs::read_to_string("training/pmml/sklearn_dt_iris.pmml")
+            .unwrap_or_else(|e| panic!("the fixture: {e}"));
+        PmmlModel::parse(&text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn numbers_booleans_and_missing_values_reach_the_model_as_it_reads_them() {
+        let model = iris_tree();
+        let names = model.features().to_vec();
+        let mut decoder = PmmlDecoder::new(&model, &names);
+        let mut row = vec![0.0; names.len()];
+        let values = [1.5, 2.25, -0.5, 3.0];
+        let record = names
+            .iter()
+            .zip(values)
+            .map(|(name, v)| format!("\"{name}\":{v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let text = format!("{{\"id\":7,{record}}}");
+        let id = decoder
+            .decode(&text, &mut row)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(id.map(RawValue::get), Some("7"));
+        let expected: Vec<f64> = (0..names.len())
+            .map(|i| model.prepare(i, Raw::Number(values[i])).unwrap_or(f64::NAN))
+            .collect();
+        assert_eq!(
+            row, expected,
+            "numbers pass through the model's preparation"
+        );
+
+        let absent = format!("{{\"{}\":true}}", names[0]);
+        decoder
+            .decode(&absent, &mut row)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            row[0],
+            model.prepare(0, Raw::Number(1.0)).unwrap_or(f64::NAN)
+        );
+        assert!(
+            row[1].is_nan(),
+            "an absent field is a missing value: {row:?}"
+        );
+
+        let array = format!("{{\"{}\":[1]}}", names[0]);
+        let err = decoder.decode(&array, &mut row).expect_err("an array");
+        assert_eq!(err.reason, Reason::NonNumericFeature);
+    }
+}

@@ -4,6 +4,7 @@ pub mod decode;
 pub mod decode_ensemble;
 pub mod decode_pmml;
 pub mod encode;
+pub mod headers;
 pub mod registry;
 pub mod trace;
 
@@ -12,7 +13,7 @@ use std::fmt;
 /// Default ceiling on one input record; larger ones are dead-lettered unread.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 
-/// Why a record was dead-lettered. The code is the `streamscore.reason` header value, a
+/// Why a record was dead-lettered. The code is the `__streams.errors.exception` header value, a
 /// stable identifier for alerting and replay tooling; the detail is for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {

@@ -160,29 +160,35 @@ fn first_max<T: PartialOrd + Copy>(values: &[T]) -> usize {
 }
 
 fn xgboost(objective: XgbObjective, sums: &[f64]) -> Prediction {
-    let margins: Vec<f32> = sums.iter().map(|s| *s as f32).collect();
+    // Only the multi-class objectives need every margin; the others read the first without
+    // a per-row allocation.
+    let margin = sums[0] as f32;
+    let margins = || -> Vec<f32> { sums.iter().map(|s| *s as f32).collect() };
     match objective {
         XgbObjective::BinaryLogistic => {
-            let p = xgb_sigmoid(margins[0]);
+            let p = xgb_sigmoid(margin);
             Prediction::Class {
                 label: usize::from(p > 0.5),
                 probabilities: vec![f64::from(1.0f32 - p), f64::from(p)],
             }
         }
         XgbObjective::Softprob => {
-            let p = xgb_softmax(&margins);
+            let p = xgb_softmax(&margins());
             Prediction::Class {
                 label: first_max(&p),
                 probabilities: p.into_iter().map(f64::from).collect(),
             }
         }
-        XgbObjective::Softmax => Prediction::Class {
-            label: first_max(&margins),
-            probabilities: xgb_softmax(&margins).into_iter().map(f64::from).collect(),
-        },
-        XgbObjective::Identity => Prediction::Value(f64::from(margins[0])),
-        XgbObjective::RegLogistic => Prediction::Value(f64::from(xgb_sigmoid(margins[0]))),
-        XgbObjective::Exp => Prediction::Value(f64::from(margins[0].exp())),
+        XgbObjective::Softmax => {
+            let margins = margins();
+            Prediction::Class {
+                label: first_max(&margins),
+                probabilities: xgb_softmax(&margins).into_iter().map(f64::from).collect(),
+            }
+        }
+        XgbObjective::Identity => Prediction::Value(f64::from(margin)),
+        XgbObjective::RegLogistic => Prediction::Value(f64::from(xgb_sigmoid(margin))),
+        XgbObjective::Exp => Prediction::Value(f64::from(margin.exp())),
     }
 }
 

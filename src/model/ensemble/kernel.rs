@@ -6,9 +6,11 @@
 //! data-dependent branch, done for a block of rows at once so that their independent steps
 //! overlap. Deeper trees (LightGBM's leaf-wise trees can be) are walked node by node.
 //! A tree of at most 64 leaves also has the native forest's leaf-bitmask form (`mask`),
-//! which scores blocks of rows with no missing value: every split is then `x < threshold`
-//! on the prepared value, the same test the other forms make. Rows with a missing value
-//! take the level-order or walking form, which handle the library's missing-value rules.
+//! which scores blocks of rows: every split is `x < threshold` on the prepared value (in
+//! `f32` lanes against the threshold rounded up to `f32` when the rows are `f32`s), the
+//! same test the other forms make, and a NaN goes where its split sends missing values.
+//! Only blocks with a zero that some split treats as missing (LightGBM's missing type
+//! Zero) take the level-order or walking form, which handle every missing-value rule.
 //! Each row's accumulators start at the base score and take the leaves' weights tree by
 //! tree, in the library's precision: the same additions in the same order as the library.
 
@@ -19,10 +21,11 @@ use crate::model::mask;
 
 const MAX_PERFECT_DEPTH: usize = 10;
 /// The mask form tests every split of a tree, the level form one per level, so a tree with
-/// many splits per level is cheaper by levels. The bound is a judgement from few runs: on
-/// the fixtures, masks made the 300-tree depth-8 XGBoost model (sparse trees) about twice as
-/// fast and left the 100-tree depth-6 one (≈ 25 splits a tree) within the machine's noise.
-const MASK_SPLITS_PER_LEVEL: usize = 6;
+/// many splits per level is cheaper by levels. The bound is a judgement from few runs: with
+/// SSE2 and `f64` lanes 6 a level was about even; with `f32` lanes and AVX2 a mask split
+/// costs about a third as much, and 8 puts every tree of the 100-tree depth-6 XGBoost
+/// fixture (up to 46 splits) in the mask form.
+const MASK_SPLITS_PER_LEVEL: usize = 8;
 const BLOCK: usize = mask::BLOCK;
 /// Rows a tree sees before the next tree is loaded.
 const TILE: usize = 64;
@@ -56,6 +59,18 @@ struct WalkNode {
     no: u32,
 }
 
+/// What a block of rows holds, which decides the forms it can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// No missing value: every split is `x < threshold`.
+    Plain,
+    /// Some NaN, but no zero that a split treats as missing: the mask forms' missing-value
+    /// variant handles it.
+    Missing,
+    /// A zero where some split treats zero as missing: the level or walking forms.
+    ZeroSpecial,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Layout {
     Perfect { depth: u32, steps: u32, slots: u32 },
@@ -72,8 +87,17 @@ pub struct Kernel {
     /// Per tree, its range in `mask_splits` and `mask_leaves`, if it has a mask form.
     masks: Vec<Option<(Range<usize>, Range<usize>)>>,
     mask_splits: Vec<mask::Split>,
+    /// `mask_splits` narrowed to `f32`, for the formats whose rows are `f32`s (else empty).
+    mask_splits32: Vec<mask::Split<f32>>,
     /// Leaf ids of the mask trees' leaves, left to right.
     mask_leaves: Vec<u32>,
+    /// Per tree, the one accumulator every leaf adds one weight to, if it has one (XGBoost,
+    /// LightGBM, regressions): its mask leaves then add `mask_values` without a look-up.
+    single_output: Vec<Option<u32>>,
+    /// Parallel to `mask_leaves`: the leaf's weight when its tree has a `single_output`.
+    mask_values: Vec<f64>,
+    /// The CPU has AVX2: `run` is compiled a second time for it.
+    avx2: bool,
     /// Per leaf id, its range in `weights`.
     leaves: Vec<(u32, u32)>,
     weights: Vec<(u32, f64)>,
@@ -128,7 +152,14 @@ impl Kernel {
             walk: Vec::new(),
             masks: Vec::with_capacity(e.trees.len()),
             mask_splits: Vec::new(),
+            mask_splits32: Vec::new(),
             mask_leaves: Vec::new(),
+            single_output: Vec::with_capacity(e.trees.len()),
+            mask_values: Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            avx2: false,
             leaves: Vec::new(),
             weights: Vec::new(),
             single_precision: e.format.single_precision(),
@@ -162,15 +193,27 @@ impl Kernel {
                     threshold,
                     yes,
                     no,
+                    special_yes,
                     ..
                 } => mask::Shape::Split {
                     threshold: *threshold,
                     feature: *feature,
                     yes: *yes,
                     no: *no,
+                    missing_yes: *special_yes,
                 },
             };
             let depth = depth(tree);
+            let mut outputs = tree.nodes.iter().filter_map(|n| match n {
+                Node::Leaf { weights } => Some(match weights.as_slice() {
+                    [(o, _)] => Some(*o),
+                    _ => None,
+                }),
+                Node::Split { .. } => None,
+            });
+            let first = outputs.next().flatten();
+            let single = first.filter(|o| outputs.all(|p| p == Some(*o)));
+            k.single_output.push(single);
             // `build` numbers leaves from the start of the vectors it is given.
             let (mut splits, mut leaves) = (Vec::new(), Vec::new());
             k.masks.push(
@@ -179,7 +222,17 @@ impl Kernel {
                     .map(|()| {
                         let (s, l) = (k.mask_splits.len(), k.mask_leaves.len());
                         k.mask_splits.extend_from_slice(&splits);
+                        if k.single_precision {
+                            k.mask_splits32.extend(splits.iter().map(|s| s.narrow()));
+                        }
                         k.mask_leaves.extend_from_slice(&leaves);
+                        k.mask_values.extend(leaves.iter().map(|id| {
+                            let (start, end) = k.leaves[*id as usize];
+                            match (single, &k.weights[start as usize..end as usize]) {
+                                (Some(_), [(_, w)]) => *w,
+                                _ => 0.0,
+                            }
+                        }));
                         (s..k.mask_splits.len(), l..k.mask_leaves.len())
                     }),
             );
@@ -241,6 +294,16 @@ impl Kernel {
         self.masks.iter().filter(|m| m.is_some()).count()
     }
 
+    /// Mask trees with `u32` words (≤ 32 leaves).
+    #[cfg(test)]
+    pub fn n_masked_narrow(&self) -> usize {
+        self.masks
+            .iter()
+            .flatten()
+            .filter(|(_, leaves)| leaves.len() <= 32)
+            .count()
+    }
+
     /// Each row's accumulators after every tree (`n_outputs` per row, row-major).
     pub fn sums(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         let (nf, width) = (e.features.len(), e.n_outputs);
@@ -268,7 +331,18 @@ impl Kernel {
         out
     }
 
-    fn run_in_precision(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+    pub(super) fn run_in_precision(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` says the CPU has AVX2, all `run_avx2` asks for.
+            return unsafe {
+                if self.single_precision {
+                    self.run_avx2::<f32>(e, rows)
+                } else {
+                    self.run_avx2::<f64>(e, rows)
+                }
+            };
+        }
         if self.single_precision {
             self.run::<f32>(e, rows)
         } else {
@@ -276,6 +350,16 @@ impl Kernel {
         }
     }
 
+    /// `run` compiled for AVX2: the mask loop's compares and masks take 8 lanes of `f32`
+    /// at a time instead of SSE2's 2 lanes of `f64` (the same operations, so the same
+    /// answers). Chosen at run time, so the binary still runs on any x86-64.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2<A: Acc>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        self.run::<A>(e, rows)
+    }
+
+    #[inline(always)]
     fn run<A: Acc>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         let nf = e.features.len();
         let width = e.n_outputs;
@@ -289,31 +373,55 @@ impl Kernel {
         // tile's rows pass, and each row still takes the trees in order.
         for (tile, tile_acc) in rows.chunks(TILE * nf).zip(acc.chunks_mut(TILE * width)) {
             let full = tile.len() / nf / BLOCK * BLOCK;
-            let plain: Vec<bool> = tile[..full * nf]
+            let classes: Vec<Class> = tile[..full * nf]
                 .chunks_exact(BLOCK * nf)
-                .map(|block| self.plain(block))
+                .map(|block| self.class(block))
                 .collect();
-            // The plain blocks feature-major, for the mask forms (others are left zero).
-            let mut major = Vec::with_capacity(full * nf);
-            for (block, plain) in tile[..full * nf].chunks_exact(BLOCK * nf).zip(&plain) {
-                if *plain {
-                    mask::push_block(&mut major, nf, |r| &block[r * nf..(r + 1) * nf]);
-                } else {
-                    major.resize(major.len() + BLOCK * nf, 0.0);
+            // The blocks feature-major, for the mask forms (those they cannot take are left
+            // zero), in `f32` when the rows are `f32`s.
+            let (mut major, mut major32) = (Vec::new(), Vec::new());
+            for (block, class) in tile[..full * nf].chunks_exact(BLOCK * nf).zip(&classes) {
+                let row = |r: usize| &block[r * nf..(r + 1) * nf];
+                match (*class == Class::ZeroSpecial, self.single_precision) {
+                    (false, true) => mask::push_raw_block(&mut major32, nf, row),
+                    (false, false) => mask::push_raw_block(&mut major, nf, row),
+                    (true, true) => major32.resize(major32.len() + BLOCK * nf, 0.0),
+                    (true, false) => major.resize(major.len() + BLOCK * nf, 0.0),
                 }
             }
-            for (layout, masked) in self.layouts.iter().zip(&self.masks) {
-                for (((block, major), sums), plain) in tile[..full * nf]
+            for ((layout, masked), single) in self
+                .layouts
+                .iter()
+                .zip(&self.masks)
+                .zip(&self.single_output)
+            {
+                for (b, ((block, sums), class)) in tile[..full * nf]
                     .chunks_exact(BLOCK * nf)
-                    .zip(major.chunks_exact(BLOCK * nf))
                     .zip(tile_acc.chunks_exact_mut(BLOCK * width))
-                    .zip(&plain)
+                    .zip(&classes)
+                    .enumerate()
                 {
+                    let plain = *class == Class::Plain;
                     let leaves = match (*layout, masked) {
-                        (_, Some((splits, leaves))) if *plain => {
+                        (_, Some((splits, leaves))) if *class != Class::ZeroSpecial => {
+                            let span = b * BLOCK * nf..(b + 1) * BLOCK * nf;
+                            let found = self.mask_leaves_of(
+                                splits.clone(),
+                                leaves.len(),
+                                plain,
+                                &major,
+                                &major32,
+                                span,
+                            );
+                            if let Some(o) = *single {
+                                let values = &self.mask_values[leaves.clone()];
+                                for (r, leaf) in found.into_iter().enumerate() {
+                                    sums[r * width + o as usize].add(values[leaf]);
+                                }
+                                continue;
+                            }
                             let ids = &self.mask_leaves[leaves.clone()];
-                            mask::leaves(&self.mask_splits[splits.clone()], major)
-                                .map(|leaf| ids[leaf])
+                            found.map(|leaf| ids[leaf])
                         }
                         (
                             Layout::Perfect {
@@ -322,7 +430,7 @@ impl Kernel {
                                 slots,
                             },
                             _,
-                        ) if *plain => self.perfect_block::<true>(block, nf, depth, steps, slots),
+                        ) if plain => self.perfect_block::<true>(block, nf, depth, steps, slots),
                         (
                             Layout::Perfect {
                                 depth,
@@ -369,10 +477,49 @@ impl Kernel {
     /// when some split treats zero as missing): then every split is just `x < threshold`.
     #[inline]
     fn plain(&self, block: &[f64]) -> bool {
-        if self.zero_special {
-            block.iter().all(|x| !x.is_nan() && *x != 0.0)
+        self.class(block) == Class::Plain
+    }
+
+    #[inline]
+    fn class(&self, block: &[f64]) -> Class {
+        if self.zero_special && block.contains(&0.0) {
+            Class::ZeroSpecial
+        } else if block.iter().any(|x| x.is_nan()) {
+            Class::Missing
         } else {
-            block.iter().all(|x| !x.is_nan())
+            Class::Plain
+        }
+    }
+
+    /// The leaf numbers of a block's rows in a mask tree: `f32` lanes for the formats whose
+    /// rows are `f32`s, `u32` words for trees of ≤ 32 leaves, the missing-value variant only
+    /// for blocks that need it.
+    #[inline(always)]
+    fn mask_leaves_of(
+        &self,
+        splits: Range<usize>,
+        n_leaves: usize,
+        plain: bool,
+        major: &[f64],
+        major32: &[f32],
+        span: Range<usize>,
+    ) -> [usize; BLOCK] {
+        use mask::leaves_with;
+        if self.single_precision {
+            let (s, m) = (&self.mask_splits32[splits], &major32[span]);
+            match (n_leaves <= 32, plain) {
+                (true, true) => leaves_with::<f32, u32, false>(s, m),
+                (true, false) => leaves_with::<f32, u32, true>(s, m),
+                (false, true) => leaves_with::<f32, u64, false>(s, m),
+                (false, false) => leaves_with::<f32, u64, true>(s, m),
+            }
+        } else {
+            let (s, m) = (&self.mask_splits[splits], &major[span]);
+            if plain {
+                leaves_with::<f64, u64, false>(s, m)
+            } else {
+                leaves_with::<f64, u64, true>(s, m)
+            }
         }
     }
 

@@ -512,17 +512,24 @@ mod deep_tree_tests {
             f64::MAX,
             f64::MIN,
         ];
-        fn grow(rng: &mut impl Rng, nodes: &mut Vec<Node>, depth: u32) -> u32 {
+        /// A random tree of at most `depth` levels, whose node at `depth` levels from the
+        /// bottom is a leaf with probability `leaf(depth)`.
+        fn grow(
+            rng: &mut impl Rng,
+            nodes: &mut Vec<Node>,
+            depth: u32,
+            leaf: &dyn Fn(u32) -> f64,
+        ) -> u32 {
             let at = nodes.len() as u32;
-            if depth == 0 || rng.gen_bool(0.3) {
+            if depth == 0 || rng.gen_bool(leaf(depth)) {
                 nodes.push(Node::Leaf {
                     weights: vec![(0, rng.gen_range(-1.0..1.0))],
                 });
                 return at;
             }
             nodes.push(Node::Leaf { weights: vec![] });
-            let yes = grow(rng, nodes, depth - 1);
-            let no = grow(rng, nodes, depth - 1);
+            let yes = grow(rng, nodes, depth - 1, leaf);
+            let no = grow(rng, nodes, depth - 1, leaf);
             nodes[at as usize] = Node::Split {
                 feature: rng.gen_range(0..3),
                 threshold: if rng.gen_bool(0.5) {
@@ -541,7 +548,14 @@ mod deep_tree_tests {
         let trees: Vec<Tree> = (0..40)
             .map(|t| {
                 let mut nodes = Vec::new();
-                grow(&mut rng, &mut nodes, if t % 5 == 0 { 9 } else { 6 });
+                // Deep trees (laid out or walked), bushy ones of 33-64 leaves (`u64` masks)
+                // and small ones (`u32` masks).
+                match t % 5 {
+                    0 => grow(&mut rng, &mut nodes, 9, &|_| 0.3),
+                    // Complete to depth 5 and a few splits below: ≈ 37 leaves.
+                    1 => grow(&mut rng, &mut nodes, 6, &|d| if d > 1 { 0.0 } else { 0.85 }),
+                    _ => grow(&mut rng, &mut nodes, 6, &|_| 0.3),
+                };
                 Tree { nodes, root: 0 }
             })
             .collect();
@@ -561,15 +575,31 @@ mod deep_tree_tests {
                     1 => f64::INFINITY * if rng.gen_bool(0.5) { 1.0 } else { -1.0 },
                     2 => {
                         let t = thresholds[rng.gen_range(0..thresholds.len())];
-                        [t, t.next_up(), t.next_down()][rng.gen_range(0..3)]
+                        // The `f64` neighbours, and the `f32`s around `t` (what the
+                        // narrowed `f32` thresholds must get right).
+                        let f = t as f32;
+                        let up = f32::from_bits(f.to_bits().wrapping_add(1));
+                        let down = f32::from_bits(f.to_bits().wrapping_sub(1));
+                        [
+                            t,
+                            t.next_up(),
+                            t.next_down(),
+                            f64::from(f),
+                            f64::from(up),
+                            f64::from(down),
+                        ][rng.gen_range(0..6)]
                     }
                     _ => rng.gen_range(-2.0..2.0),
                 });
             }
-            // A few rows with a missing value, so blocks of both kinds occur.
-            if r % 97 == 0 {
+            // Rows with missing values, so that plain blocks and blocks with a missing value
+            // (which the mask forms also take) both occur.
+            if r % 11 == 0 {
                 let n = rows.len();
                 rows[n - 1 - r % 3] = f64::NAN;
+                if r % 3 == 0 {
+                    rows[n - 1 - (r + 1) % 3] = f64::NAN;
+                }
             }
         }
         // LightGBM's f64 sums, and XGBoost's f32 rows (where -1e-300 reads as -0) and sums.
@@ -599,8 +629,75 @@ mod deep_tree_tests {
             .unwrap();
             let kernel = e.kernel.as_ref().unwrap();
             assert!(kernel.n_masked() >= 25, "{} mask trees", kernel.n_masked());
+            // Both word widths of the mask form are exercised.
+            let narrow = kernel.n_masked_narrow();
+            assert!(
+                narrow >= 5 && kernel.n_masked() - narrow >= 3,
+                "{narrow} narrow of {}",
+                kernel.n_masked()
+            );
             let fast = e.predict_rows(&rows);
             assert_eq!(fast, e.predict_rows_walked(&rows), "{format:?}");
+            // In blocks of 8 in any order, so that a row with a missing value shares its
+            // block with complete rows (`predict_rows` groups them apart).
+            let shuffled: Vec<f64> = (0..rows.len() / 3)
+                .map(|r| (r * 7919) % (rows.len() / 3))
+                .flat_map(|r| rows[r * 3..r * 3 + 3].iter().copied())
+                .collect();
+            let prepared = e.prepare(&shuffled);
+            let mixed = kernel.run_in_precision(&e, &prepared);
+            assert_eq!(mixed, kernel.sums(&e, &prepared), "{format:?} mixed blocks");
+            assert_eq!(
+                e.predict_rows(&shuffled),
+                e.predict_rows_walked(&shuffled),
+                "{format:?} shuffled"
+            );
         }
+        // LightGBM's missing type Zero: zeros take the default branch too, so blocks with a
+        // zero keep the level form, blocks with only NaN take the masks.
+        let zero_trees: Vec<Tree> = trees
+            .iter()
+            .map(|t| Tree {
+                nodes: t
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| match n {
+                        Node::Split {
+                            feature,
+                            threshold,
+                            yes,
+                            no,
+                            special_yes,
+                            ..
+                        } => Node::Split {
+                            feature: *feature,
+                            threshold: *threshold,
+                            yes: *yes,
+                            no: *no,
+                            special_yes: *special_yes,
+                            zero_special: i % 4 == 0,
+                        },
+                        leaf => leaf.clone(),
+                    })
+                    .collect(),
+                root: t.root,
+            })
+            .collect();
+        let e = Ensemble::new(
+            Format::Lightgbm,
+            vec!["a".into(), "b".into(), "c".into()],
+            Vec::new(),
+            zero_trees,
+            1,
+            vec![0.0],
+            Finish::Lightgbm {
+                transform: LgbTransform::Identity,
+                divisor: None,
+            },
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        assert_eq!(e.predict_rows(&rows), e.predict_rows_walked(&rows), "zero");
     }
 }
