@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use super::commit::{to_partition_list, UnsavedOffsets};
 use super::in_flight::InFlight;
 use super::PipelineConfig;
+use crate::config::GroupProtocol;
 use crate::logging::LogThrottle;
 use crate::service::state::ServiceState;
 
@@ -224,13 +225,6 @@ pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // librdkafka's 45 s default is how long a crashed instance's partitions sit idle
-        // before the group gives them to someone else (measured: 44-88 s per restart on the
-        // mock). A service that restarts in milliseconds and heartbeats from its own thread
-        // needs far less; with static membership (`--instance-id`) a restart within this
-        // window takes its partitions back without any rebalance.
-        .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
-        .set("heartbeat.interval.ms", "2000")
         // Apache Kafka answers a fetch as soon as data arrives, but some brokers (tansu,
         // librdkafka's mock) hold a fetch that found nothing at the moment it came in for the
         // full wait, even if records arrive meanwhile. A consumer that keeps up sends its next
@@ -259,6 +253,25 @@ pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
         // One fetch response is one allocation; 50 MiB (the default) would be most of the
         // service's memory for no gain in throughput.
         .set("fetch.max.bytes", "4194304");
+    let settings = config.properties.iter().chain(&config.consumer_properties);
+    // Under KIP-848 the broker owns the session, the heartbeat and the assignment, and
+    // librdkafka refuses a client that sets them.
+    if GroupProtocol::of(settings) == GroupProtocol::Classic {
+        client
+            // librdkafka's 45 s default is how long a crashed instance's partitions sit idle
+            // before the group gives them to someone else (measured: 44-88 s per restart on
+            // the mock). A service that restarts in milliseconds and heartbeats from its own
+            // thread needs far less; with static membership (`--instance-id`) a restart
+            // within this window takes its partitions back without any rebalance.
+            .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
+            .set("heartbeat.interval.ms", "2000")
+            // The eager assignors (librdkafka's default range,roundrobin) revoke every
+            // partition of every member on each join or leave, so the whole group stops
+            // until the rebalance is over. Cooperative-sticky revokes only the partitions
+            // that change owner; the others keep flowing. The revoke handling is the same
+            // for both: `pre_rebalance` sees just the partitions that go.
+            .set("partition.assignment.strategy", "cooperative-sticky");
+    }
     for (key, value) in config.properties.iter().chain(&config.consumer_properties) {
         client.set(key, value);
     }
@@ -318,6 +331,37 @@ mod tests {
             consumer_settings(&latency).get("fetch.wait.max.ms"),
             Some("50")
         );
+    }
+
+    #[test]
+    fn classic_groups_rebalance_cooperatively_and_kip848_leaves_the_group_to_the_broker() {
+        let classic = consumer_settings(&config(Duration::ZERO, &[]));
+        assert_eq!(
+            classic.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(
+            classic.get("session.timeout.ms"),
+            Some(DEFAULT_SESSION_TIMEOUT_MS)
+        );
+        let eager = consumer_settings(&config(
+            Duration::ZERO,
+            &[("partition.assignment.strategy", "range")],
+        ));
+        assert_eq!(eager.get("partition.assignment.strategy"), Some("range"));
+
+        let mut kip848 = config(Duration::ZERO, &[]);
+        kip848.consumer_properties = vec![("group.protocol".into(), "consumer".into())];
+        let kip848 = consumer_settings(&kip848);
+        assert_eq!(kip848.get("group.protocol"), Some("consumer"));
+        for key in [
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+            "partition.assignment.strategy",
+            "group.protocol.type",
+        ] {
+            assert_eq!(kip848.get(key), None, "{key}");
+        }
     }
 
     #[test]
