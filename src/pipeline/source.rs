@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
@@ -42,7 +42,15 @@ pub struct SourceContext {
     revoked: Mutex<BTreeSet<i32>>,
     /// Offsets the commit stage delivered but could not commit; committed on revoke.
     pub unsaved: UnsavedOffsets,
+    /// Set under KIP-848 until the group first answers: librdkafka retries a broker without
+    /// ConsumerGroupHeartbeat forever and says why only in its debug log, so the service
+    /// says it once this much time has passed.
+    kip848_silence: Mutex<Option<Instant>>,
 }
+
+/// How long a KIP-848 member may wait for its first assignment before the service says that
+/// the broker may not support the protocol.
+const KIP848_FIRST_ASSIGNMENT: Duration = Duration::from_secs(20);
 
 impl SourceContext {
     pub fn new(input_topic: &str, state: Arc<ServiceState>, in_flight: Arc<InFlight>) -> Self {
@@ -53,6 +61,35 @@ impl SourceContext {
             client_errors: LogThrottle::default(),
             revoked: Mutex::new(BTreeSet::new()),
             unsaved: UnsavedOffsets::default(),
+            kip848_silence: Mutex::new(None),
+        }
+    }
+
+    /// Watches for the first assignment under KIP-848 (see `kip848_silence`).
+    pub fn with_group_protocol(self, protocol: GroupProtocol) -> Self {
+        let deadline = (protocol == GroupProtocol::Consumer)
+            .then(|| Instant::now() + KIP848_FIRST_ASSIGNMENT);
+        *self.kip848_silence.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+        self
+    }
+
+    /// Under KIP-848, once the group has stayed silent too long: readiness says why, once.
+    fn check_kip848_silence(&self) {
+        let mut silence = self.kip848_silence.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(deadline) = *silence else { return };
+        if self.state.assignment.received() {
+            *silence = None;
+        } else if Instant::now() >= deadline {
+            *silence = None;
+            let why = format!(
+                "no assignment from the consumer group after {} s with --group-protocol consumer: \
+                 the broker may not support KIP-848 (ConsumerGroupHeartbeat: Apache Kafka 4.0+; \
+                 tansu 0.6 and older Kafka do not), and librdkafka retries without saying so; \
+                 use --group-protocol classic with such a broker",
+                KIP848_FIRST_ASSIGNMENT.as_secs()
+            );
+            warn!("{why}");
+            self.state.health.set_degraded(Some(why));
         }
     }
 
@@ -150,6 +187,7 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        self.check_kip848_silence();
         let Some(topic) = statistics.topics.get(&self.input_topic) else {
             return;
         };
@@ -190,6 +228,11 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
+                if !self.state.assignment.received()
+                    && self.state.health.degraded().is_some_and(|d| d.contains("KIP-848"))
+                {
+                    self.state.health.set_degraded(None);
+                }
                 self.state.assignment.assign(self.partitions_of(partitions));
                 info!(partitions = partitions.count(), "partitions assigned");
             }
