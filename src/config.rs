@@ -783,7 +783,8 @@ mod tests {
             config.properties = vec![(key.into(), "1".into())];
             let err = refuse_unsafe_settings(&config).unwrap_err().to_string();
             assert!(
-                err.contains(&key.to_ascii_lowercase()) && err.contains("--group-protocol consumer"),
+                err.contains(&key.to_ascii_lowercase())
+                    && err.contains("--group-protocol consumer"),
                 "{err}"
             );
         }

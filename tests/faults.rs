@@ -478,10 +478,19 @@ struct ScaleRun {
 }
 
 /// The longest stretch inside `[from, to]` with no output arriving.
-fn longest_gap(arrivals: &[std::time::Instant], from: std::time::Instant, to: std::time::Instant) -> Duration {
+fn longest_gap(
+    arrivals: &[std::time::Instant],
+    from: std::time::Instant,
+    to: std::time::Instant,
+) -> Duration {
     let mut last = from;
     let mut longest = Duration::ZERO;
-    for t in arrivals.iter().copied().filter(|t| *t >= from && *t <= to).chain([to]) {
+    for t in arrivals
+        .iter()
+        .copied()
+        .filter(|t| *t >= from && *t <= to)
+        .chain([to])
+    {
         longest = longest.max(t.duration_since(last));
         last = t;
     }
@@ -544,7 +553,10 @@ async fn scale_one_three_one(case: &str, flags: &[&str]) -> ScaleRun {
                     .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
                     .and_then(|v| v["id"].as_u64());
                 if let Some(id) = id {
-                    arrivals.lock().expect("arrivals").push((Instant::now(), id));
+                    arrivals
+                        .lock()
+                        .expect("arrivals")
+                        .push((Instant::now(), id));
                 }
             }
         })
@@ -583,7 +595,10 @@ async fn scale_one_three_one(case: &str, flags: &[&str]) -> ScaleRun {
         while scrape(instance, "streamscore_assigned_partitions").await == 0
             || scrape(instance, "streamscore_records_in_total").await == 0
         {
-            assert!(Instant::now() < deadline, "{case}: the {name} instance got no partitions");
+            assert!(
+                Instant::now() < deadline,
+                "{case}: the {name} instance got no partitions"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -598,11 +613,17 @@ async fn scale_one_three_one(case: &str, flags: &[&str]) -> ScaleRun {
             tokio::task::spawn_blocking(move || instance.wait_exit(Duration::from_secs(30)))
                 .await
                 .expect("waited");
-        assert!(status.success(), "{case}: the {name} instance's exit: {status}");
+        assert!(
+            status.success(),
+            "{case}: the {name} instance's exit: {status}"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while scrape(&first, "streamscore_assigned_partitions").await < PARTITIONS as u64 {
-        assert!(Instant::now() < deadline, "{case}: the first instance did not take every partition back");
+        assert!(
+            Instant::now() < deadline,
+            "{case}: the first instance did not take every partition back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let left = Instant::now();
@@ -630,7 +651,10 @@ async fn scale_one_three_one(case: &str, flags: &[&str]) -> ScaleRun {
     let status = tokio::task::spawn_blocking(move || first.wait_exit(Duration::from_secs(30)))
         .await
         .expect("waited");
-    assert!(status.success(), "{case}: the first instance's exit: {status}");
+    assert!(
+        status.success(),
+        "{case}: the first instance's exit: {status}"
+    );
 
     let arrivals = std::mem::take(&mut *arrivals.lock().expect("arrivals"));
     let mut counts: HashMap<u64, usize> = HashMap::new();

@@ -67,15 +67,21 @@ impl SourceContext {
 
     /// Watches for the first assignment under KIP-848 (see `kip848_silence`).
     pub fn with_group_protocol(self, protocol: GroupProtocol) -> Self {
-        let deadline = (protocol == GroupProtocol::Consumer)
-            .then(|| Instant::now() + KIP848_FIRST_ASSIGNMENT);
-        *self.kip848_silence.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+        let deadline =
+            (protocol == GroupProtocol::Consumer).then(|| Instant::now() + KIP848_FIRST_ASSIGNMENT);
+        *self
+            .kip848_silence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = deadline;
         self
     }
 
     /// Under KIP-848, once the group has stayed silent too long: readiness says why, once.
     fn check_kip848_silence(&self) {
-        let mut silence = self.kip848_silence.lock().unwrap_or_else(|p| p.into_inner());
+        let mut silence = self
+            .kip848_silence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let Some(deadline) = *silence else { return };
         if self.state.assignment.received() {
             *silence = None;
@@ -229,7 +235,11 @@ impl ConsumerContext for SourceContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 if !self.state.assignment.received()
-                    && self.state.health.degraded().is_some_and(|d| d.contains("KIP-848"))
+                    && self
+                        .state
+                        .health
+                        .degraded()
+                        .is_some_and(|d| d.contains("KIP-848"))
                 {
                     self.state.health.set_degraded(None);
                 }

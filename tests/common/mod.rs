@@ -569,7 +569,9 @@ impl ServiceProcess {
             .map(|a| a.port())
             .expect("a free loopback port");
         let http_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-        let kip848 = extra.windows(2).any(|w| w == ["--group-protocol", "consumer"]);
+        let kip848 = extra
+            .windows(2)
+            .any(|w| w == ["--group-protocol", "consumer"]);
         // For a look at what a process did: its log, one file per process, in this directory.
         let logs = std::env::var_os("STREAMSCORE_TEST_SERVICE_LOGS").map(|dir| {
             let path = std::path::Path::new(&dir).join(format!("serve-{}.log", http_addr.port()));
@@ -599,7 +601,10 @@ impl ServiceProcess {
             .env("STREAMSCORE_OUTPUT_TOPIC", &topics.output)
             .env("STREAMSCORE_DEAD_LETTER_TOPIC", &topics.dead_letters)
             .env("STREAMSCORE_GROUP", group)
-            .env("STREAMSCORE_LOG_LEVEL", if logs.is_some() { "info" } else { "warn" })
+            .env(
+                "STREAMSCORE_LOG_LEVEL",
+                if logs.is_some() { "info" } else { "warn" },
+            )
             .stdout(std::process::Stdio::null())
             .stderr(logs.unwrap_or_else(std::process::Stdio::null))
             .spawn()
