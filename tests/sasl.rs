@@ -185,8 +185,7 @@ async fn iris_pipeline_runs_over_sasl_ssl_with_scram() {
         return;
     };
     let topics = topics();
-    let admin: AdminClient<DefaultClientContext> =
-        broker.client().create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = broker.client().create().expect("admin client");
     let new: Vec<NewTopic<'_>> = [&topics.input, &topics.output, &topics.dead_letters]
         .iter()
         .map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1)))
@@ -287,7 +286,10 @@ async fn a_wrong_password_fails_fast_and_clearly() {
             "still running 30 s after start with a wrong password"
         );
         if let Some(answer) = readyz(addr).await {
-            assert!(!answer.starts_with("HTTP/1.1 200"), "ready with a wrong password: {answer}");
+            assert!(
+                !answer.starts_with("HTTP/1.1 200"),
+                "ready with a wrong password: {answer}"
+            );
             answered += 1;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
