@@ -212,6 +212,12 @@ pub struct ServeArgs {
     /// waiting for its old session to expire, and no rebalance moves them meanwhile.
     #[arg(long, env = "STREAMSCORE_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Consumer group protocol. `classic` (JoinGroup/SyncGroup, every Kafka) with the
+    /// cooperative-sticky assignor, so a scale step moves only the partitions that change
+    /// owner; or `consumer` (KIP-848, Apache Kafka 4.0+), where the broker assigns and sets
+    /// the session timeout and heartbeat interval.
+    #[arg(long, env = "STREAMSCORE_GROUP_PROTOCOL", value_enum, default_value_t = GroupProtocol::Classic)]
+    pub group_protocol: GroupProtocol,
     /// Address of the HTTP side port (health, readiness, metrics, model admin).
     #[arg(long, env = "STREAMSCORE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -492,8 +498,13 @@ impl ServeArgs {
             brokers: self.kafka.brokers.clone(),
             properties: self.kafka.all_properties()?,
             consumer_properties: instance_id
-                .map(|id| vec![("group.instance.id".to_owned(), id.to_owned())])
-                .unwrap_or_default(),
+                .map(|id| ("group.instance.id".to_owned(), id.to_owned()))
+                .into_iter()
+                .chain([(
+                    GROUP_PROTOCOL.to_owned(),
+                    self.group_protocol.librdkafka_name().to_owned(),
+                )])
+                .collect(),
             input_topic: self.input_topic.clone(),
             output_topic: self.output_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
@@ -532,6 +543,53 @@ impl ServeArgs {
         format!("{}-{name}", self.group)
     }
 }
+
+const GROUP_PROTOCOL: &str = "group.protocol";
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    Classic,
+    Consumer,
+}
+
+impl GroupProtocol {
+    fn librdkafka_name(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+
+    /// The protocol these settings ask for: the last `group.protocol` wins, as in librdkafka;
+    /// librdkafka's own default is classic.
+    pub fn of<'a>(settings: impl IntoIterator<Item = &'a (String, String)>) -> Self {
+        let chosen = settings
+            .into_iter()
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case(GROUP_PROTOCOL))
+            .last();
+        match chosen {
+            Some((_, v)) if v.trim().eq_ignore_ascii_case("consumer") => GroupProtocol::Consumer,
+            _ => GroupProtocol::Classic,
+        }
+    }
+}
+
+/// Settings the KIP-848 protocol moves to the broker; librdkafka refuses them with it.
+const CLASSIC_ONLY: [(&str, &str); 4] = [
+    (
+        "session.timeout.ms",
+        "the broker sets it (group.consumer.session.timeout.ms)",
+    ),
+    (
+        "heartbeat.interval.ms",
+        "the broker sets it (group.consumer.heartbeat.interval.ms)",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the broker assigns; choose its assignor with -X group.remote.assignor=uniform|range",
+    ),
+    ("group.protocol.type", "it belongs to the classic protocol"),
+];
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuaranteeArg {
@@ -589,6 +647,24 @@ pub fn refuse_unsafe_settings(config: &crate::pipeline::PipelineConfig) -> anyho
             ),
             "group.id" => anyhow::bail!("-X group.id is refused: use --group"),
             _ => {}
+        }
+    }
+    for (key, _) in &config.properties {
+        if key.trim().eq_ignore_ascii_case(GROUP_PROTOCOL) {
+            anyhow::bail!("-X {GROUP_PROTOCOL} is refused: use --group-protocol classic|consumer");
+        }
+    }
+    if GroupProtocol::of(config.properties.iter().chain(&config.consumer_properties))
+        == GroupProtocol::Consumer
+    {
+        for (key, value) in &config.properties {
+            let key = key.trim().to_ascii_lowercase();
+            if let Some((_, why)) = CLASSIC_ONLY.iter().find(|(k, _)| *k == key) {
+                anyhow::bail!(
+                    "-X {key}={value} is refused with --group-protocol consumer (KIP-848): {why}; \
+                     drop it, or use --group-protocol classic"
+                );
+            }
         }
     }
     if config.input_topic.starts_with('^') {
@@ -887,6 +963,47 @@ mod tests {
     }
 
     #[test]
+    fn the_group_protocol_is_a_flag_and_kip848_refuses_the_settings_it_moves_to_the_broker() {
+        use clap::Parser;
+        let classic = Cli::try_parse_from(["serve"]).unwrap();
+        let mut classic = classic.serve.pipeline_config().unwrap();
+        assert_eq!(
+            classic.consumer_properties,
+            vec![("group.protocol".to_string(), "classic".to_string())]
+        );
+        classic.properties = vec![("session.timeout.ms".into(), "6000".into())];
+        refuse_unsafe_settings(&classic).unwrap();
+
+        let cli = Cli::try_parse_from(["serve", "--group-protocol", "consumer"]).unwrap();
+        let kip848 = cli.serve.pipeline_config().unwrap();
+        assert_eq!(
+            GroupProtocol::of(&kip848.consumer_properties),
+            GroupProtocol::Consumer
+        );
+        refuse_unsafe_settings(&kip848).unwrap();
+        for key in [
+            "session.timeout.ms",
+            "Heartbeat.Interval.Ms",
+            "partition.assignment.strategy",
+            "group.protocol.type",
+        ] {
+            let mut config = kip848.clone();
+            config.properties = vec![(key.into(), "1".into())];
+            let err = refuse_unsafe_settings(&config).unwrap_err().to_string();
+            assert!(
+                err.contains(&key.to_ascii_lowercase())
+                    && err.contains("--group-protocol consumer"),
+                "{err}"
+            );
+        }
+        // One way to choose it: a -X that disagreed with the flag would win silently.
+        let mut config = kip848.clone();
+        config.properties = vec![("group.protocol".into(), "classic".into())];
+        let err = refuse_unsafe_settings(&config).unwrap_err().to_string();
+        assert!(err.contains("use --group-protocol"), "{err}");
+    }
+
+    #[test]
     fn transactional_ids_differ_per_instance_even_without_a_hostname() {
         assert_eq!(
             default_transactional_id("g", Some("pod-0"), Some("host".into())),
@@ -906,8 +1023,8 @@ mod tests {
         use clap::Parser;
         let cli = Cli::try_parse_from(["serve", "--instance-id", "streamscore-2"]).unwrap();
         assert_eq!(
-            cli.serve.pipeline_config().unwrap().consumer_properties,
-            vec![("group.instance.id".to_string(), "streamscore-2".to_string())]
+            cli.serve.pipeline_config().unwrap().consumer_properties[0],
+            ("group.instance.id".to_string(), "streamscore-2".to_string())
         );
     }
 

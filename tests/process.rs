@@ -81,6 +81,20 @@ fn settings_that_would_break_the_guarantee_are_refused_at_start_up() {
         &["-X", "enable.auto.commit=true"][..],
         &["-X", "enable.auto.offset.store=true"],
         &["--input-topic", "^features-.*"],
+        // KIP-848 moves these to the broker; librdkafka would refuse them less clearly.
+        &[
+            "--group-protocol",
+            "consumer",
+            "-X",
+            "session.timeout.ms=6000",
+        ],
+        &[
+            "--group-protocol",
+            "consumer",
+            "-X",
+            "partition.assignment.strategy=range",
+        ],
+        &["-X", "group.protocol=consumer"],
     ] {
         let out = Command::new(BIN)
             .args([

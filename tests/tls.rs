@@ -7,11 +7,11 @@
 //! `STREAMSCORE_TANSU` the tests say so and return, since no TLS broker can be had.
 
 mod common;
+#[path = "support/tls.rs"]
+mod tls_support;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -22,115 +22,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use common::*;
+use tls_support::*;
 
 const TANSU_ENV: &str = "STREAMSCORE_TANSU";
 const N: usize = 300;
 const PARTITIONS: i32 = 2;
-
-/// Runs `openssl` with `args` in `dir`, failing the test with its output on an error.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, and a certificate it signed for `name` (with 127.0.0.1 as its address, which is
-/// what librdkafka checks the broker's certificate against).
-fn make_ca(dir: &Path, ca: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={ca}"),
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.pem"),
-        ],
-    );
-}
-
-fn make_cert(dir: &Path, ca: &str, name: &str) {
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("extension file written");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-            "-out",
-            &format!("{name}.pem"),
-        ],
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-fn wait_listening(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} never listened on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Killed on drop, so that a failing test leaves no broker or proxy behind.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// tansu on a plaintext loopback port, reachable only through stunnel's TLS port.
 struct TlsBroker {
@@ -170,23 +66,7 @@ impl TlsBroker {
         let tansu = Reaped(tansu);
         wait_listening(plain, "tansu");
 
-        let mut conf = format!(
-            "foreground = yes\npid =\n[kafka]\naccept = {bootstrap}\nconnect = 127.0.0.1:{plain}\n\
-             cert = broker.pem\nkey = broker.key\n"
-        );
-        if require_client_cert {
-            conf.push_str("verify = 2\nCAfile = ca.pem\n");
-        }
-        std::fs::write(dir.path().join("stunnel.conf"), conf).expect("stunnel config written");
-        let proxy = Command::new(stunnel_binary())
-            .current_dir(dir.path())
-            .arg("stunnel.conf")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("stunnel starts (apt-get install stunnel4)");
-        let proxy = Reaped(proxy);
-        wait_listening(tls, "stunnel");
+        let proxy = stunnel(dir.path(), tls, plain, require_client_cert);
         Some(Self {
             dir,
             bootstrap,
@@ -242,15 +122,6 @@ impl TlsBroker {
             r.expect("topic created");
         }
     }
-}
-
-fn stunnel_binary() -> PathBuf {
-    // Debian installs it as stunnel4, with `stunnel` as an alternative that may be absent.
-    ["/usr/bin/stunnel4", "/usr/bin/stunnel"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("stunnel4"))
 }
 
 fn topics() -> Topics {

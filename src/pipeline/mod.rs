@@ -130,7 +130,10 @@ fn run_blocking(
         &config.input_topic,
         Arc::clone(state),
         Arc::clone(&in_flight),
-    );
+    )
+    .with_group_protocol(crate::config::GroupProtocol::of(
+        config.properties.iter().chain(&config.consumer_properties),
+    ));
     let consumer = Arc::new(create_consumer(config, context).context("creating the consumer")?);
     consumer
         .subscribe(&[&config.input_topic])

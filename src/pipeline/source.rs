@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use super::commit::{to_partition_list, UnsavedOffsets};
 use super::in_flight::InFlight;
 use super::PipelineConfig;
+use crate::config::GroupProtocol;
 use crate::logging::LogThrottle;
 use crate::service::state::ServiceState;
 
@@ -41,7 +42,15 @@ pub struct SourceContext {
     revoked: Mutex<BTreeSet<i32>>,
     /// Offsets the commit stage delivered but could not commit; committed on revoke.
     pub unsaved: UnsavedOffsets,
+    /// Set under KIP-848 until the group first answers: librdkafka retries a broker without
+    /// ConsumerGroupHeartbeat forever and says why only in its debug log, so the service
+    /// says it once this much time has passed.
+    kip848_silence: Mutex<Option<Instant>>,
 }
+
+/// How long a KIP-848 member may wait for its first assignment before the service says that
+/// the broker may not support the protocol.
+const KIP848_FIRST_ASSIGNMENT: Duration = Duration::from_secs(20);
 
 impl SourceContext {
     pub fn new(input_topic: &str, state: Arc<ServiceState>, in_flight: Arc<InFlight>) -> Self {
@@ -52,6 +61,41 @@ impl SourceContext {
             client_errors: LogThrottle::default(),
             revoked: Mutex::new(BTreeSet::new()),
             unsaved: UnsavedOffsets::default(),
+            kip848_silence: Mutex::new(None),
+        }
+    }
+
+    /// Watches for the first assignment under KIP-848 (see `kip848_silence`).
+    pub fn with_group_protocol(self, protocol: GroupProtocol) -> Self {
+        let deadline =
+            (protocol == GroupProtocol::Consumer).then(|| Instant::now() + KIP848_FIRST_ASSIGNMENT);
+        *self
+            .kip848_silence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = deadline;
+        self
+    }
+
+    /// Under KIP-848, once the group has stayed silent too long: readiness says why, once.
+    fn check_kip848_silence(&self) {
+        let mut silence = self
+            .kip848_silence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(deadline) = *silence else { return };
+        if self.state.assignment.received() {
+            *silence = None;
+        } else if Instant::now() >= deadline {
+            *silence = None;
+            let why = format!(
+                "no assignment from the consumer group after {} s with --group-protocol consumer: \
+                 the broker may not support KIP-848 (ConsumerGroupHeartbeat: Apache Kafka 4.0+; \
+                 tansu 0.6 and older Kafka do not), and librdkafka retries without saying so; \
+                 use --group-protocol classic with such a broker",
+                KIP848_FIRST_ASSIGNMENT.as_secs()
+            );
+            warn!("{why}");
+            self.state.health.set_degraded(Some(why));
         }
     }
 
@@ -149,6 +193,7 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        self.check_kip848_silence();
         let Some(topic) = statistics.topics.get(&self.input_topic) else {
             return;
         };
@@ -189,6 +234,15 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
+                if !self.state.assignment.received()
+                    && self
+                        .state
+                        .health
+                        .degraded()
+                        .is_some_and(|d| d.contains("KIP-848"))
+                {
+                    self.state.health.set_degraded(None);
+                }
                 self.state.assignment.assign(self.partitions_of(partitions));
                 info!(partitions = partitions.count(), "partitions assigned");
             }
@@ -224,13 +278,6 @@ pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // librdkafka's 45 s default is how long a crashed instance's partitions sit idle
-        // before the group gives them to someone else (measured: 44-88 s per restart on the
-        // mock). A service that restarts in milliseconds and heartbeats from its own thread
-        // needs far less; with static membership (`--instance-id`) a restart within this
-        // window takes its partitions back without any rebalance.
-        .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
-        .set("heartbeat.interval.ms", "2000")
         // Apache Kafka answers a fetch as soon as data arrives, but some brokers (tansu,
         // librdkafka's mock) hold a fetch that found nothing at the moment it came in for the
         // full wait, even if records arrive meanwhile. A consumer that keeps up sends its next
@@ -259,6 +306,25 @@ pub fn consumer_settings(config: &PipelineConfig) -> ClientConfig {
         // One fetch response is one allocation; 50 MiB (the default) would be most of the
         // service's memory for no gain in throughput.
         .set("fetch.max.bytes", "4194304");
+    let settings = config.properties.iter().chain(&config.consumer_properties);
+    // Under KIP-848 the broker owns the session, the heartbeat and the assignment, and
+    // librdkafka refuses a client that sets them.
+    if GroupProtocol::of(settings) == GroupProtocol::Classic {
+        client
+            // librdkafka's 45 s default is how long a crashed instance's partitions sit idle
+            // before the group gives them to someone else (measured: 44-88 s per restart on
+            // the mock). A service that restarts in milliseconds and heartbeats from its own
+            // thread needs far less; with static membership (`--instance-id`) a restart
+            // within this window takes its partitions back without any rebalance.
+            .set("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS)
+            .set("heartbeat.interval.ms", "2000")
+            // The eager assignors (librdkafka's default range,roundrobin) revoke every
+            // partition of every member on each join or leave, so the whole group stops
+            // until the rebalance is over. Cooperative-sticky revokes only the partitions
+            // that change owner; the others keep flowing. The revoke handling is the same
+            // for both: `pre_rebalance` sees just the partitions that go.
+            .set("partition.assignment.strategy", "cooperative-sticky");
+    }
     for (key, value) in config.properties.iter().chain(&config.consumer_properties) {
         client.set(key, value);
     }
@@ -319,6 +385,37 @@ mod tests {
             consumer_settings(&latency).get("fetch.wait.max.ms"),
             Some("50")
         );
+    }
+
+    #[test]
+    fn classic_groups_rebalance_cooperatively_and_kip848_leaves_the_group_to_the_broker() {
+        let classic = consumer_settings(&config(Duration::ZERO, &[]));
+        assert_eq!(
+            classic.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(
+            classic.get("session.timeout.ms"),
+            Some(DEFAULT_SESSION_TIMEOUT_MS)
+        );
+        let eager = consumer_settings(&config(
+            Duration::ZERO,
+            &[("partition.assignment.strategy", "range")],
+        ));
+        assert_eq!(eager.get("partition.assignment.strategy"), Some("range"));
+
+        let mut kip848 = config(Duration::ZERO, &[]);
+        kip848.consumer_properties = vec![("group.protocol".into(), "consumer".into())];
+        let kip848 = consumer_settings(&kip848);
+        assert_eq!(kip848.get("group.protocol"), Some("consumer"));
+        for key in [
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+            "partition.assignment.strategy",
+            "group.protocol.type",
+        ] {
+            assert_eq!(kip848.get(key), None, "{key}");
+        }
     }
 
     #[test]

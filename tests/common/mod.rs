@@ -570,6 +570,16 @@ impl ServiceProcess {
             .map(|a| a.port())
             .expect("a free loopback port");
         let http_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let kip848 = extra
+            .windows(2)
+            .any(|w| w == ["--group-protocol", "consumer"]);
+        // For a look at what a process did: its log, one file per process, in this directory.
+        let logs = std::env::var_os("STREAMSCORE_TEST_SERVICE_LOGS").map(|dir| {
+            let path = std::path::Path::new(&dir).join(format!("serve-{}.log", http_addr.port()));
+            std::fs::File::create(&path)
+                .map(std::process::Stdio::from)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()))
+        });
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
             .args(["serve", "--model"])
             .arg(repo_path(IRIS_MODEL))
@@ -579,21 +589,25 @@ impl ServiceProcess {
                 "--batch-interval",
                 "50ms",
             ])
-            .args([
-                "-X",
-                "fetch.wait.max.ms=10",
-                "-X",
-                "session.timeout.ms=6000",
-            ])
+            .args(["-X", "fetch.wait.max.ms=10"])
+            // A short session for the classic protocol; KIP-848 refuses it (the broker sets it).
+            .args(if kip848 {
+                &[][..]
+            } else {
+                &["-X", "session.timeout.ms=6000"][..]
+            })
             .args(extra)
             .env("STREAMSCORE_BROKERS", &broker.brokers)
             .env("STREAMSCORE_INPUT_TOPIC", &topics.input)
             .env("STREAMSCORE_OUTPUT_TOPIC", &topics.output)
             .env("STREAMSCORE_DEAD_LETTER_TOPIC", &topics.dead_letters)
             .env("STREAMSCORE_GROUP", group)
-            .env("STREAMSCORE_LOG_LEVEL", "warn")
+            .env(
+                "STREAMSCORE_LOG_LEVEL",
+                if logs.is_some() { "info" } else { "warn" },
+            )
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(logs.unwrap_or_else(std::process::Stdio::null))
             .spawn()
             .expect("service starts");
         Self { child, http_addr }
