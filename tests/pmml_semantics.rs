@@ -180,3 +180,43 @@ fn votes_and_weighted_aggregations() {
     let m = ensemble("sum", "regression", &values, "");
     assert_eq!(predict(&m, args), json!(7.0));
 }
+
+fn tree_on_derived(apply: &str) -> Result<PmmlModel, String> {
+    let text = format!(
+        r#"{HEAD}<TreeModel functionName="regression"><MiningSchema><MiningField name="y" usageType="target"/><MiningField name="x"/></MiningSchema><LocalTransformations><DerivedField name="z" optype="continuous" dataType="double">{apply}</DerivedField></LocalTransformations><Node score="0"><True/><Node score="1"><SimplePredicate field="z" operator="lessThan" value="2"/></Node><Node score="2"><True/></Node></Node></TreeModel></PMML>"#
+    );
+    PmmlModel::parse(&text).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_function_takes_exactly_its_number_of_arguments() {
+    let add = tree_on_derived(
+        r#"<Apply function="+"><FieldRef field="x"/><Constant dataType="double">1</Constant></Apply>"#,
+    )
+    .unwrap_or_else(|e| panic!("two arguments to + are its arity: {e}"));
+    assert_eq!(predict(&add, json!({"x": 0.5})), json!(1.0), "z = 1.5");
+    assert_eq!(predict(&add, json!({"x": 1.5})), json!(2.0), "z = 2.5");
+    let one = tree_on_derived(r#"<Apply function="+"><FieldRef field="x"/></Apply>"#);
+    assert!(one.is_err_and(|e| e.contains("1 arguments")));
+}
+
+#[test]
+fn outlier_treatments_other_than_as_is_are_refused() {
+    let mining = |attrs: &str| {
+        let text = format!(
+            r#"{HEAD}<TreeModel functionName="regression"><MiningSchema><MiningField name="y" usageType="target"/><MiningField name="x" {attrs}/></MiningSchema>{TREE}</TreeModel></PMML>"#
+        );
+        PmmlModel::parse(&text).map_err(|e| e.to_string())
+    };
+    assert!(mining(r#"outliers="asIs""#).is_ok());
+    assert!(mining("").is_ok());
+    for treatment in ["asMissingValues", "asExtremeValues"] {
+        let refused = mining(&format!(
+            r#"outliers="{treatment}" lowValue="0" highValue="3""#
+        ));
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("outliers")),
+            "{treatment}: {refused:?}"
+        );
+    }
+}
