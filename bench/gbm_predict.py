@@ -2,7 +2,7 @@
 own in-process predict on the same models and the same 1000 rows (the fixture rows cycled),
 one thread, per row. Run with the fixtures' virtualenv (training/gbm/make_fixtures.sh):
 
-    /tmp/venv10/bin/python bench/gbm_predict.py
+    "${GBM_VENV:-/tmp/venv10}/bin/python" bench/gbm_predict.py
 """
 
 import json
