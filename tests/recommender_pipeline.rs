@@ -80,7 +80,7 @@ async fn user_events_get_top_n_lists_and_bad_events_are_dead_lettered() {
             .iter()
             .map(|it| it["score"].as_f64().unwrap())
             .collect();
-        if id % 10 != 0 {
+        if !id.is_multiple_of(10) {
             // Personal lists are ranked by predicted rating; cold-start lists by popularity.
             assert!(
                 scores.windows(2).all(|w| w[0] >= w[1]),
@@ -94,7 +94,7 @@ async fn user_events_get_top_n_lists_and_bad_events_are_dead_lettered() {
         assert_eq!(distinct.len(), items.len(), "no item twice");
         assert_eq!(
             json["cold_start"],
-            id % 10 == 0,
+            id.is_multiple_of(10),
             "cold start only for unknown users"
         );
         assert_eq!(json["model_version"], model.version.as_str());

@@ -352,7 +352,7 @@ async fn serve(
 
 /// The `i`-th feedback event: half known users, half new ones; keyed by user.
 fn feedback_event(i: usize) -> (String, String) {
-    let uid = if i % 2 == 0 {
+    let uid = if i.is_multiple_of(2) {
         1 + (i * 13) % 1000
     } else {
         2_000_000 + (i * 17) % 5000

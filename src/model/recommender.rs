@@ -822,7 +822,7 @@ mod tests {
             rated: (0..users)
                 .map(|u| {
                     (0..items as u32)
-                        .filter(|i| u == users - 1 || (i * 7 + u as u32) % 5 == 0)
+                        .filter(|i| u == users - 1 || (i * 7 + u as u32).is_multiple_of(5))
                         .collect()
                 })
                 .collect(),
