@@ -91,8 +91,6 @@ async fn a_shutdown_that_could_not_commit_is_an_error() {
 /// stop is clean because the retry saved every delivered record's position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_after_one_refused_commit_saves_it_and_is_clean() {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-
     let broker = TestBroker::mock();
     let mock = broker.mock.as_ref().expect("a mock cluster");
     let topics = broker.topics(1).await;
@@ -123,19 +121,7 @@ async fn a_shutdown_after_one_refused_commit_saves_it_and_is_clean() {
         .await
         .expect("a clean stop: the retry saved it");
 
-    let reader: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &broker.brokers)
-        .set("group.id", &group)
-        .create()
-        .expect("a consumer");
-    let mut partition = rdkafka::TopicPartitionList::new();
-    partition.add_partition(&topics.input, 0);
-    let committed = reader
-        .committed_offsets(partition, Duration::from_secs(10))
-        .expect("committed offsets");
-    let offset = committed
-        .find_partition(&topics.input, 0)
-        .and_then(|p| p.offset().to_raw());
+    let offset = committed_offset(&broker, &group, &topics.input);
     assert_eq!(
         offset,
         Some(100),
@@ -244,8 +230,6 @@ mod corrupt_batch {
 /// being passed over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_cannot_be_decompressed_stops_uncommitted() {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-
     let broker = TestBroker::mock();
     let topics = broker.topics(1).await;
     let group = unique("group");
@@ -269,22 +253,27 @@ async fn a_batch_that_cannot_be_decompressed_stops_uncommitted() {
     assert!(message.contains("cannot be read"), "{message}");
     assert!(state.ready().is_err(), "not ready");
 
-    let reader: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &broker.brokers)
-        .set("group.id", &group)
-        .create()
-        .expect("a consumer");
-    let mut partition = rdkafka::TopicPartitionList::new();
-    partition.add_partition(&topics.input, 0);
-    let committed = reader
-        .committed_offsets(partition, Duration::from_secs(10))
-        .expect("committed offsets");
-    let offset = committed
-        .find_partition(&topics.input, 0)
-        .and_then(|p| p.offset().to_raw());
+    let offset = committed_offset(&broker, &group, &topics.input);
     // The corrupt batch sits at offset 100; the records after it must not be passed over.
     assert!(
         offset.is_some_and(|o| o <= 100),
         "committed past the corrupt batch: {offset:?}"
     );
+}
+
+/// The group's committed offset of `topic` partition 0, as the broker has it.
+fn committed_offset(broker: &TestBroker, group: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .set("group.id", group)
+        .create()
+        .expect("a consumer");
+    let mut partition = rdkafka::TopicPartitionList::new();
+    partition.add_partition(topic, 0);
+    reader
+        .committed_offsets(partition, Duration::from_secs(10))
+        .expect("committed offsets")
+        .find_partition(topic, 0)
+        .and_then(|p| p.offset().to_raw())
 }

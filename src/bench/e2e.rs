@@ -117,6 +117,7 @@ pub async fn run(
         records,
         ceiling_seconds,
         None,
+        None,
     );
 
     let mut child = spawn_service(
@@ -141,9 +142,13 @@ pub async fn run(
     .context("streamscore")?;
     let (cpu_after, peak_rss_mb) = process_usage(child.child.id())?;
     drop(child);
-    let mut streamscore = figures("streamscore, forest (defaults)", records, seconds, None);
-    streamscore.cpu_us_per_record = Some((cpu_after - cpu_before) * 1e6 / records.max(1) as f64);
-    streamscore.peak_rss_mb = Some(peak_rss_mb);
+    let streamscore = figures(
+        "streamscore, forest (defaults)",
+        records,
+        seconds,
+        Some((cpu_after - cpu_before) * 1e6 / records.max(1) as f64),
+        Some(peak_rss_mb),
+    );
 
     let repo = std::env::current_dir()?;
     let (python_copy, python_sklearn) = match python_peer_interpreter(&repo) {
@@ -183,14 +188,20 @@ pub async fn run(
     })
 }
 
-fn figures(name: &str, records: usize, seconds: f64, cpu: Option<f64>) -> E2eFigures {
+fn figures(
+    name: &str,
+    records: usize,
+    seconds: f64,
+    cpu_us_per_record: Option<f64>,
+    peak_rss_mb: Option<f64>,
+) -> E2eFigures {
     E2eFigures {
         name: name.to_owned(),
         records,
         seconds,
         records_per_second: records as f64 / seconds.max(1e-9),
-        cpu_us_per_record: cpu,
-        peak_rss_mb: None,
+        cpu_us_per_record,
+        peak_rss_mb,
     }
 }
 
@@ -229,10 +240,13 @@ async fn drive_peer(
     let peer = python_peer_figures(&out, copy)?;
     // The peer's own throughput counts from its first consumed batch; the e2e figure is the
     // same clock as every other row here, and its CPU includes its start-up (training).
-    Ok(E2eFigures {
-        cpu_us_per_record: peer.cpu_us_per_record,
-        ..figures(&peer.name, records, seconds, None)
-    })
+    Ok(figures(
+        &peer.name,
+        records,
+        seconds,
+        peer.cpu_us_per_record,
+        None,
+    ))
 }
 
 fn kill(mut child: std::process::Child) -> std::io::Result<()> {

@@ -178,12 +178,7 @@ pub async fn measure_ceiling(
         .output()
         .await
         .context("running the loopback ceiling")?;
-    if !out.status.success() {
-        bail!("the loopback ceiling failed: {}", out.status);
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    let figures: LoopbackOutput = serde_json::from_str(line.trim())
-        .with_context(|| format!("reading the loopback ceiling's figures from {line:?}"))?;
+    let figures: LoopbackOutput = json_line(&out, "the loopback ceiling")?;
     Ok(ReferenceFigures {
         name: "loopback ceiling".into(),
         records,
@@ -253,12 +248,7 @@ pub fn python_peer_figures(
     out: &std::process::Output,
     copy: bool,
 ) -> anyhow::Result<ReferenceFigures> {
-    if !out.status.success() {
-        bail!("the Python peer failed: {}", out.status);
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    let figures: PeerOutput = serde_json::from_str(line.trim())
-        .with_context(|| format!("reading the Python peer's figures from {line:?}"))?;
+    let figures: PeerOutput = json_line(out, "the Python peer")?;
     Ok(ReferenceFigures {
         name: if copy {
             "python confluent-kafka, bytes copied".into()
@@ -270,4 +260,17 @@ pub fn python_peer_figures(
         records_per_second: figures.records as f64 / figures.seconds.max(1e-9),
         cpu_us_per_record: Some(figures.cpu_seconds * 1e6 / figures.records.max(1) as f64),
     })
+}
+
+/// The figures a reference process printed as its one line of JSON, once it succeeded.
+fn json_line<T: serde::de::DeserializeOwned>(
+    out: &std::process::Output,
+    what: &str,
+) -> anyhow::Result<T> {
+    if !out.status.success() {
+        bail!("{what} failed: {}", out.status);
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim())
+        .with_context(|| format!("reading the figures {what} printed: {line:?}"))
 }
