@@ -16,7 +16,9 @@ use crate::online::Overlay;
 use crate::record::decode::{decode_user_event, payload_text, FeatureDecoder, FeatureSchema};
 use crate::record::decode_ensemble::EnsembleDecoder;
 use crate::record::decode_pmml::PmmlDecoder;
-use crate::record::encode::{to_json, Classification, Items, RecommendationOut, RegressionOut};
+use crate::record::encode::{
+    to_json, ClassificationWriter, Items, RecommendationOut, RegressionOut,
+};
 use crate::record::{Reason, Rejection, SourcePosition};
 
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +121,7 @@ fn classify(
         Err(_) => unreachable!("the matrix holds exactly `rows` rows of `n_features` values"),
     };
     let labels = argmax_rows(&probabilities);
+    let writer = ClassificationWriter::new(&model.meta.classes, &model.version);
     let mut row = 0;
     decoded
         .into_iter()
@@ -127,17 +130,11 @@ fn classify(
             Err(rejection) => Outcome::Rejected(rejection),
             Ok(id) => {
                 let probs = probabilities.row(row);
-                watch.class(labels[row], probs.as_slice().unwrap_or_default());
-                let out = Classification::new(
-                    id,
-                    &model.meta.classes,
-                    probs.as_slice().unwrap_or_default(),
-                    labels[row],
-                    &model.version,
-                    input.source,
-                );
+                let probs = probs.as_slice().unwrap_or_default();
+                watch.class(labels[row], probs);
+                let out = writer.write(id, probs, labels[row], input.source);
                 row += 1;
-                Outcome::Scored(to_json(&out))
+                Outcome::Scored(out)
             }
         })
         .collect()
@@ -216,6 +213,7 @@ fn encode_predictions(
     watch: &mut impl Watch,
 ) -> Vec<Outcome> {
     let mut predictions = predictions.into_iter();
+    let writer = ClassificationWriter::new(&model.meta.classes, &model.version);
     decoded
         .into_iter()
         .zip(inputs)
@@ -245,14 +243,7 @@ fn encode_predictions(
                     probabilities,
                 } => {
                     watch.class(label, &probabilities);
-                    Outcome::Scored(to_json(&Classification::new(
-                    id,
-                    &model.meta.classes,
-                    &probabilities,
-                    label,
-                    &model.version,
-                    source,
-                    )))
+                    Outcome::Scored(writer.write(id, &probabilities, label, source))
                 }
             }
         })

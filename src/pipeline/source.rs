@@ -4,6 +4,7 @@
 //! metrics.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,9 @@ pub struct SourceContext {
     /// lose the records the batch holds: its new owner (us) restarts from the committed
     /// offset and reads them again.
     revoked: Mutex<BTreeSet<i32>>,
+    /// Whether `revoked` may hold anything: the batcher asks after every poll, and a flag
+    /// costs it less than a lock.
+    revoked_pending: AtomicBool,
     /// Offsets the commit stage delivered but could not commit; committed on revoke.
     pub unsaved: UnsavedOffsets,
     /// Set under KIP-848 until the group first answers: librdkafka retries a broker without
@@ -60,6 +64,7 @@ impl SourceContext {
             in_flight,
             client_errors: LogThrottle::default(),
             revoked: Mutex::new(BTreeSet::new()),
+            revoked_pending: AtomicBool::new(false),
             unsaved: UnsavedOffsets::default(),
             kip848_silence: Mutex::new(None),
         }
@@ -101,6 +106,11 @@ impl SourceContext {
 
     /// The partitions revoked since the last call.
     pub fn take_revoked(&self) -> BTreeSet<i32> {
+        if !self.revoked_pending.load(Ordering::Relaxed)
+            || !self.revoked_pending.swap(false, Ordering::Acquire)
+        {
+            return BTreeSet::new();
+        }
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -226,6 +236,7 @@ impl ConsumerContext for SourceContext {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(revoked.iter().copied());
+            self.revoked_pending.store(true, Ordering::Release);
             self.state.assignment.revoke(revoked);
             info!(partitions = partitions.count(), "partitions revoked");
         }
