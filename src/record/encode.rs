@@ -8,7 +8,9 @@
 //! `{"id":..,"uid":196,"items":[{"item":50,"score":4.9,"title":".."}],"cold_start":false,"model_version":"mf-..","partition":0,"offset":42}`
 //! `id` is present only when the input had one, and is copied verbatim.
 
-use serde::ser::{SerializeMap, SerializeSeq};
+#[cfg(test)]
+use serde::ser::SerializeMap;
+use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
