@@ -8,9 +8,7 @@
 //! `{"id":..,"uid":196,"items":[{"item":50,"score":4.9,"title":".."}],"cold_start":false,"model_version":"mf-..","partition":0,"offset":42}`
 //! `id` is present only when the input had one, and is copied verbatim.
 
-#[cfg(test)]
-use serde::ser::SerializeMap;
-use serde::ser::SerializeSeq;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -18,8 +16,7 @@ use super::SourcePosition;
 use crate::model::recommender::Recommendation;
 
 /// The classification output as serde writes it: the reference `ClassificationWriter` is
-/// held to in tests.
-#[cfg(test)]
+/// held to in tests and measured against in `benches/kernels.rs`.
 #[derive(Serialize)]
 pub struct Classification<'a, P: Serialize = f32> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,13 +30,11 @@ pub struct Classification<'a, P: Serialize = f32> {
 
 /// Class names zipped with one row of probabilities, written as a JSON object. Native
 /// forests give `f32`; PMML models compute in double and keep every digit.
-#[cfg(test)]
 pub struct Probabilities<'a, P = f32> {
     pub classes: &'a [String],
     pub values: &'a [P],
 }
 
-#[cfg(test)]
 impl<P: Serialize> Serialize for Probabilities<'_, P> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.classes.len()))?;
@@ -172,7 +167,6 @@ pub fn to_json(value: &impl Serialize) -> Vec<u8> {
     out
 }
 
-#[cfg(test)]
 impl<'a, P: Serialize> Classification<'a, P> {
     pub fn new(
         id: Option<&'a RawValue>,
