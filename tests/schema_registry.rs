@@ -302,6 +302,7 @@ fn registry_pipeline(
             subject: format!("{}-value", topics.output),
             schema: streamscore::record::registry::output::PREDICTION_SCHEMA.to_owned(),
         }),
+        output_message: None,
     };
     config
 }
