@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn a_schema_that_does_not_compile_stops_start_up() {
         let err = open(r#"{"type": "no such type"}"#).err().expect("refused");
-        assert!(format!("{err:#}").contains("output JSON Schema id 7"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("output JSON Schema id 7"),
+            "{err:#}"
+        );
         assert!(open("not json").is_err());
     }
 }

@@ -194,7 +194,8 @@ mod tests {
             .unwrap();
         let options = SerializeOptions::new()
             .use_proto_field_name(true)
-            .stringify_64_bit_integers(false);
+            .stringify_64_bit_integers(false)
+            .skip_default_fields(false);
         decoded
             .value
             .serialize_with_options(serde_json::value::Serializer, &options)
@@ -207,7 +208,10 @@ mod tests {
         assert_eq!(out.schema_id(), one_schema_registry::ID);
         let cases = [
             (r#""k1""#, serde_json::json!({"id_string": "k1"})),
-            ("9007199254740993", serde_json::json!({"id_integer": 9007199254740993_i64})),
+            (
+                "9007199254740993",
+                serde_json::json!({"id_integer": 9007199254740993_i64}),
+            ),
             ("-3", serde_json::json!({"id_integer": -3})),
             ("2.5", serde_json::json!({"id_number": 2.5})),
             ("true", serde_json::json!({"id_boolean": true})),
@@ -218,14 +222,21 @@ mod tests {
                 r#"{{"id":{id},"label":"b","probabilities":{{"a":0.25,"b":0.75}},"model_version":"rf-1","partition":2,"offset":9}}"#
             );
             let framed = out.encode(json.as_bytes()).unwrap();
-            assert_eq!(&framed[..6], &[0, 0, 0, 0, 7, 0], "magic byte, id, index [0]");
+            assert_eq!(
+                &framed[..6],
+                &[0, 0, 0, 0, 7, 0],
+                "magic byte, id, index [0]"
+            );
             let mut want = want;
             let body = serde_json::json!({"label": "b", "probabilities": {"a": 0.25, "b": 0.75},
                 "model_version": "rf-1", "partition": 2, "offset": 9});
-            want.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+            want.as_object_mut()
+                .unwrap()
+                .extend(body.as_object().unwrap().clone());
             assert_eq!(decode(settings.clone(), &framed), want, "id {id}");
         }
-        let regression = br#"{"id":1,"prediction":152.5,"model_version":"pm-1","partition":0,"offset":1}"#;
+        let regression =
+            br#"{"id":1,"prediction":152.5,"model_version":"pm-1","partition":0,"offset":1}"#;
         let back = decode(settings, &out.encode(regression).unwrap());
         assert_eq!(back["prediction"], 152.5);
         assert!(back.get("label").is_none(), "an unset optional stays unset");
