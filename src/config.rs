@@ -943,6 +943,39 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["--output-subject", "a", "--output-schema-id", "3"]).is_err());
+
+        // Each registry output format registers its own built-in schema by default.
+        let output = |args: &[&str]| {
+            let base = [
+                "--schema-registry",
+                "http://sr:8081",
+                "--output-topic",
+                "scores",
+            ];
+            parse(&[&base[..], args].concat())
+                .unwrap()
+                .pipeline_config()
+                .unwrap()
+                .format
+        };
+        let proto = output(&["--output-format", "protobuf", "--output-message", "P"]);
+        assert_eq!(proto.output_message.as_deref(), Some("P"));
+        match proto.output_schema {
+            Some(OutputSchema::Register { schema, .. }) => {
+                assert!(schema.contains("message Prediction"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match output(&["--output-format", "json-schema"]).output_schema {
+            Some(OutputSchema::Register { schema, .. }) => {
+                assert!(schema.contains("streamscore.Prediction"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            output(&["--output-format", "json-schema", "--output-schema-id", "4"]).output_schema,
+            Some(OutputSchema::Id(4))
+        ));
     }
 
     #[test]
