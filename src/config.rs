@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::pipeline::Guarantee;
-use crate::record::registry::output::PREDICTION_SCHEMA;
+use crate::record::registry::output::default_schema;
 use crate::record::registry::{
     InputFormat, OutputFormat, OutputSchema, RecordFormat, RegistrySettings,
 };
@@ -269,16 +269,20 @@ pub struct RegistryArgs {
         conflicts_with = "output_schema_id"
     )]
     pub output_subject: Option<String>,
-    /// Avro schema file to register for the output (default: the built-in prediction schema).
+    /// Schema file to register for the output, in the output format's language (`.avsc`,
+    /// JSON Schema, `.proto`); default: the built-in prediction schema of that format.
     #[arg(
         long,
         env = "STREAMSCORE_OUTPUT_SCHEMA",
         conflicts_with = "output_schema_id"
     )]
     pub output_schema: Option<PathBuf>,
-    /// An already registered output schema id, instead of registering one.
+    /// An already registered output schema id, instead of registering one (Avro, JSON Schema).
     #[arg(long, env = "STREAMSCORE_OUTPUT_SCHEMA_ID")]
     pub output_schema_id: Option<u32>,
+    /// The Protobuf message to write, e.g. `streamscore.Prediction` (default: the first).
+    #[arg(long, env = "STREAMSCORE_OUTPUT_MESSAGE")]
+    pub output_message: Option<String>,
 }
 
 impl RegistryArgs {
@@ -292,6 +296,7 @@ impl RegistryArgs {
             output: self.output_format,
             registry: None,
             output_schema: None,
+            output_message: None,
         };
         if format.is_json() {
             return Ok(format);
@@ -319,10 +324,10 @@ impl RegistryArgs {
             .schema_registry_user
             .clone()
             .map(|user| (user, password.unwrap_or_default()));
-        let output_schema = match (self.output_format, self.output_schema_id) {
-            (OutputFormat::Json, _) => None,
-            (OutputFormat::Avro, Some(id)) => Some(OutputSchema::Id(id)),
-            (OutputFormat::Avro, None) => Some(OutputSchema::Register {
+        let output_schema = match (default_schema(self.output_format), self.output_schema_id) {
+            (None, _) => None,
+            (Some(_), Some(id)) => Some(OutputSchema::Id(id)),
+            (Some(default), None) => Some(OutputSchema::Register {
                 subject: self
                     .output_subject
                     .clone()
@@ -330,7 +335,7 @@ impl RegistryArgs {
                 schema: match &self.output_schema {
                     Some(path) => std::fs::read_to_string(path)
                         .with_context(|| format!("reading the output schema {}", path.display()))?,
-                    None => PREDICTION_SCHEMA.to_owned(),
+                    None => default.to_owned(),
                 },
             }),
         };
@@ -341,6 +346,7 @@ impl RegistryArgs {
                 timeout: self.schema_registry_timeout,
             }),
             output_schema,
+            output_message: self.output_message.clone(),
             ..format
         })
     }
@@ -937,6 +943,39 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["--output-subject", "a", "--output-schema-id", "3"]).is_err());
+
+        // Each registry output format registers its own built-in schema by default.
+        let output = |args: &[&str]| {
+            let base = [
+                "--schema-registry",
+                "http://sr:8081",
+                "--output-topic",
+                "scores",
+            ];
+            parse(&[&base[..], args].concat())
+                .unwrap()
+                .pipeline_config()
+                .unwrap()
+                .format
+        };
+        let proto = output(&["--output-format", "protobuf", "--output-message", "P"]);
+        assert_eq!(proto.output_message.as_deref(), Some("P"));
+        match proto.output_schema {
+            Some(OutputSchema::Register { schema, .. }) => {
+                assert!(schema.contains("message Prediction"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match output(&["--output-format", "json-schema"]).output_schema {
+            Some(OutputSchema::Register { schema, .. }) => {
+                assert!(schema.contains("streamscore.Prediction"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            output(&["--output-format", "json-schema", "--output-schema-id", "4"]).output_schema,
+            Some(OutputSchema::Id(4))
+        ));
     }
 
     #[test]

@@ -22,15 +22,18 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::*;
 use schema_registry_converter::blocking::avro::AvroEncoder;
-use schema_registry_converter::blocking::json::JsonEncoder;
+use schema_registry_converter::blocking::json::{JsonDecoder, JsonEncoder};
+use schema_registry_converter::blocking::proto_decoder::ProtoDecoder;
 use schema_registry_converter::blocking::proto_encoder::ProtoEncoder;
 use schema_registry_converter::blocking::schema_registry::SrSettings;
+use schema_registry_converter::prost_reflect::SerializeOptions;
 use schema_registry_converter::schema_registry_common::{
     get_payload, SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 use serde_json::json;
 use streamscore::pipeline::sink::HEADER_REASON;
 use streamscore::pipeline::PipelineConfig;
+use streamscore::record::registry::output::default_schema;
 use streamscore::record::registry::{
     InputFormat, OutputFormat, OutputSchema, RecordFormat, RegistrySettings,
 };
@@ -298,17 +301,114 @@ fn registry_pipeline(
             basic_auth: None,
             timeout: Duration::from_secs(2),
         }),
-        output_schema: (output == OutputFormat::Avro).then(|| OutputSchema::Register {
+        output_schema: default_schema(output).map(|schema| OutputSchema::Register {
             subject: format!("{}-value", topics.output),
-            schema: streamscore::record::registry::output::PREDICTION_SCHEMA.to_owned(),
+            schema: schema.to_owned(),
         }),
+        output_message: None,
     };
     config
 }
 
-/// Every framed record is scored; every output is Avro under the registered output schema,
-/// keeps its key and id, and carries the right species; each input schema id was fetched once.
-async fn scores_every_framed_record(format: InputFormat) {
+/// Runs the iris model with `config` over `inputs`, until one record per input landed on the
+/// output or dead-letter topic.
+async fn score_all(
+    broker: &TestBroker,
+    topics: &Topics,
+    config: PipelineConfig,
+    inputs: &[Input],
+) -> Vec<Collected> {
+    broker.produce(&topics.input, inputs).await;
+    let service = broker
+        .start_service_with(config, &repo_path(IRIS_MODEL), None)
+        .await;
+    let both = [topics.output.as_str(), topics.dead_letters.as_str()];
+    let outputs = broker
+        .collect(&both, PARTITIONS, inputs.len(), Duration::from_secs(60))
+        .await;
+    service.stop().await.expect("clean shutdown");
+    assert_eq!(outputs.len(), inputs.len(), "one output per input");
+    outputs
+}
+
+/// The outputs of the output topic, each checked to be framed with the id registered under
+/// `<output>-value` and decoded as JSON by an independent decoder of that format with the
+/// schema the registry holds: `apache-avro`, the crate's `JsonDecoder` (which validates), its
+/// `ProtoDecoder` (declared field names; the shipped `.proto`'s integer id is `id_integer`).
+async fn decode_outputs(
+    registry: &MockRegistry,
+    url: &str,
+    topics: &Topics,
+    format: OutputFormat,
+    outputs: &[Collected],
+) -> Vec<(Collected, serde_json::Value)> {
+    let (output_id, output_schema) = registry.latest(&format!("{}-value", topics.output));
+    let outputs: Vec<Collected> = outputs
+        .iter()
+        .filter(|o| o.topic == topics.output)
+        .cloned()
+        .collect();
+    let url = url.to_owned();
+    blocking(move || {
+        let settings = sr(&url);
+        let json_schema = JsonDecoder::new(settings.clone());
+        let proto = ProtoDecoder::new(settings);
+        let avro = (format == OutputFormat::Avro).then(|| {
+            apache_avro::Schema::parse_str(&output_schema).expect("registered schema parses")
+        });
+        outputs
+            .into_iter()
+            .map(|out| {
+                let value = out.value.as_deref().expect("a value");
+                assert_eq!(value[0], 0, "magic byte");
+                assert_eq!(
+                    u32::from_be_bytes(value[1..5].try_into().unwrap()),
+                    output_id
+                );
+                let json = match (format, &avro) {
+                    (OutputFormat::Avro, Some(schema)) => {
+                        let decoded = GenericDatumReader::builder(schema)
+                            .build()
+                            .and_then(|r| r.read_value(&mut &value[5..]))
+                            .expect("output decodes with the registered schema");
+                        serde_json::Value::try_from(decoded).expect("as JSON")
+                    }
+                    (OutputFormat::JsonSchema, _) => {
+                        let decoded = json_schema
+                            .decode(Some(value))
+                            .expect("output decodes")
+                            .expect("a value");
+                        json_schema
+                            .validate(&decoded.schema, &decoded.value)
+                            .expect("output is valid under the registered JSON Schema");
+                        decoded.value
+                    }
+                    (OutputFormat::Protobuf, _) => proto
+                        .decode_with_context(Some(value))
+                        .expect("output decodes with the registered .proto")
+                        .expect("a value")
+                        .value
+                        .serialize_with_options(
+                            serde_json::value::Serializer,
+                            &SerializeOptions::new()
+                                .use_proto_field_name(true)
+                                .stringify_64_bit_integers(false)
+                                .skip_default_fields(false),
+                        )
+                        .expect("as JSON"),
+                    _ => unreachable!("not a registry output format"),
+                };
+                (out, json)
+            })
+            .collect()
+    })
+    .await
+}
+
+/// Every framed record is scored; every output is framed under the registered output schema
+/// and decodes with it, keeps its key and id, and carries the right species; each input
+/// schema id was fetched once.
+async fn scores_every_framed_record(format: InputFormat, output: OutputFormat) {
     const N: usize = 300;
     let registry = MockRegistry::default();
     let url = registry.start().await;
@@ -334,48 +434,25 @@ async fn scores_every_framed_record(format: InputFormat) {
         Some(b"mismatch".to_vec()),
         Some(get_payload(input_id, mismatching)),
     ));
-    broker.produce(&topics.input, &inputs).await;
 
-    let config = registry_pipeline(&broker, &topics, &url, format, OutputFormat::Avro);
-    let service = broker
-        .start_service_with(config, &repo_path(IRIS_MODEL), None)
-        .await;
-    let both = [topics.output.as_str(), topics.dead_letters.as_str()];
-    let outputs = broker
-        .collect(&both, PARTITIONS, N + 1, Duration::from_secs(60))
-        .await;
-    service.stop().await.expect("clean shutdown");
-    assert_eq!(outputs.len(), N + 1, "one output per input");
+    let config = registry_pipeline(&broker, &topics, &url, format, output);
+    let outputs = score_all(&broker, &topics, config, &inputs).await;
     let dead = reasons(&outputs, &topics.dead_letters);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(
         dead.get("mismatch").map(String::as_str),
         Some("schema_mismatch")
     );
-    let outputs: Vec<_> = outputs
-        .into_iter()
-        .filter(|o| o.topic == topics.output)
-        .collect();
 
-    let (output_id, output_schema) = registry.latest(&format!("{}-value", topics.output));
-    let schema = apache_avro::Schema::parse_str(&output_schema).expect("registered schema parses");
     let rows = iris_rows();
     let mut seen = vec![false; N];
     let mut correct = 0;
-    for out in &outputs {
-        assert_eq!(out.topic, topics.output, "dead-lettered: {:?}", out.headers);
-        let value = out.value.as_deref().expect("a value");
-        assert_eq!(value[0], 0, "magic byte");
-        assert_eq!(
-            u32::from_be_bytes(value[1..5].try_into().unwrap()),
-            output_id
-        );
-        let decoded = GenericDatumReader::builder(&schema)
-            .build()
-            .and_then(|r| r.read_value(&mut &value[5..]))
-            .expect("output decodes with the registered schema");
-        let json = serde_json::Value::try_from(decoded).expect("as JSON");
-        let id = json["id"].as_u64().expect("id kept") as usize;
+    for (out, json) in decode_outputs(&registry, &url, &topics, output, &outputs).await {
+        let id = json
+            .get("id")
+            .or_else(|| json.get("id_integer"))
+            .and_then(serde_json::Value::as_u64)
+            .expect("id kept") as usize;
         assert!(!std::mem::replace(&mut seen[id], true), "duplicate {id}");
         assert_eq!(out.key_str(), format!("key-{id}"), "key kept");
         assert!(json["model_version"].as_str().unwrap().starts_with("rf-"));
@@ -405,17 +482,120 @@ async fn scores_every_framed_record(format: InputFormat) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_records_are_scored_and_written_as_avro() {
-    scores_every_framed_record(InputFormat::Avro).await;
+    scores_every_framed_record(InputFormat::Avro, OutputFormat::Avro).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_schema_records_are_scored_and_written_as_avro() {
-    scores_every_framed_record(InputFormat::JsonSchema).await;
+    scores_every_framed_record(InputFormat::JsonSchema, OutputFormat::Avro).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protobuf_records_are_scored_and_written_as_avro() {
-    scores_every_framed_record(InputFormat::Protobuf).await;
+    scores_every_framed_record(InputFormat::Protobuf, OutputFormat::Avro).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_records_are_scored_and_written_as_json_schema() {
+    scores_every_framed_record(InputFormat::Avro, OutputFormat::JsonSchema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_records_are_scored_and_written_as_protobuf() {
+    scores_every_framed_record(InputFormat::Protobuf, OutputFormat::Protobuf).await;
+}
+
+/// A JSON Schema that takes two of the three species.
+const TWO_SPECIES_JSON_SCHEMA: &str = r#"{"type":"object","properties":{
+  "id":{"type":"integer"},"label":{"enum":["setosa","versicolor"]},
+  "probabilities":{"type":"object"},"model_version":{"type":"string"},
+  "partition":{"type":"integer"},"offset":{"type":"integer"}},
+  "required":["id","label","probabilities"]}"#;
+
+/// A `.proto` whose second message takes two of the three species as an enum.
+const TWO_SPECIES_PROTO: &str = r#"syntax = "proto3";
+package custom;
+message Unused { string name = 1; }
+enum Species { setosa = 0; versicolor = 1; }
+message TwoSpecies {
+  int64 id = 1;
+  Species label = 2;
+  map<string, double> probabilities = 3;
+  string model_version = 4;
+  int32 partition = 5;
+  int64 offset = 6;
+}
+"#;
+
+/// A custom output schema (and, for Protobuf, a named message that is not the first): the
+/// predictions it takes are written under it and decode with it; the ones it refuses (the
+/// third species) are dead-lettered as `output_schema_mismatch`, with their key, none dropped.
+async fn a_custom_output_schema_dead_letters_what_it_refuses(
+    output: OutputFormat,
+    schema: &str,
+    message: Option<&str>,
+) {
+    const N: usize = 150;
+    let registry = MockRegistry::default();
+    let url = registry.start().await;
+    let broker = TestBroker::start();
+    let topics = broker.topics(PARTITIONS).await;
+    let inputs = framed_iris(&url, &topics.input, InputFormat::Avro, 0..N).await;
+    let mut config = registry_pipeline(&broker, &topics, &url, InputFormat::Avro, output);
+    config.format.output_schema = Some(OutputSchema::Register {
+        subject: format!("{}-value", topics.output),
+        schema: schema.to_owned(),
+    });
+    config.format.output_message = message.map(str::to_owned);
+    let outputs = score_all(&broker, &topics, config, &inputs).await;
+
+    let rows = iris_rows();
+    let species = |key: &str| {
+        let id: usize = key.trim_start_matches("key-").parse().expect("a key-N key");
+        rows[id % rows.len()].1.clone()
+    };
+    let dead = reasons(&outputs, &topics.dead_letters);
+    assert!(!dead.is_empty(), "the third species is refused");
+    for (key, reason) in &dead {
+        assert_eq!(reason, "output_schema_mismatch", "{key}");
+    }
+    let virginica = dead.keys().filter(|k| species(k) == "virginica").count();
+    assert!(
+        virginica * 10 >= dead.len() * 9,
+        "{virginica} of {} dead letters are virginica rows",
+        dead.len()
+    );
+    let decoded = decode_outputs(&registry, &url, &topics, output, &outputs).await;
+    assert_eq!(decoded.len() + dead.len(), N);
+    for (out, json) in decoded {
+        assert_ne!(json["label"], "virginica");
+        assert!(json["probabilities"].is_object(), "{json}");
+        assert_eq!(
+            out.key_str(),
+            format!("key-{}", json["id"].as_u64().expect("id")),
+            "key and id kept"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_json_schema_output_dead_letters_what_it_refuses() {
+    a_custom_output_schema_dead_letters_what_it_refuses(
+        OutputFormat::JsonSchema,
+        TWO_SPECIES_JSON_SCHEMA,
+        None,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_protobuf_output_dead_letters_what_it_refuses() {
+    a_custom_output_schema_dead_letters_what_it_refuses(
+        OutputFormat::Protobuf,
+        TWO_SPECIES_PROTO,
+        Some("custom.TwoSpecies"),
+    )
+    .await;
 }
 
 fn reasons(outputs: &[Collected], dead_letters: &str) -> HashMap<String, String> {

@@ -1,5 +1,6 @@
 //! Confluent Schema Registry formats around the JSON core: registry-framed input is turned
-//! into the JSON object the decoders read, and the prediction JSON into registry-framed Avro.
+//! into the JSON object the decoders read, and the prediction JSON into registry-framed Avro,
+//! JSON Schema or Protobuf.
 //!
 //! JSON in and out (the default) never enters this module's per-record path: `Framing::json`
 //! is a no-op checked once per batch.
@@ -13,7 +14,7 @@ use std::time::Duration;
 use crate::record::Rejection;
 use crate::transform::Outcome;
 use input::InputDecoder;
-use output::AvroOutput;
+use output::OutputEncoder;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum InputFormat {
@@ -34,6 +35,10 @@ pub enum OutputFormat {
     Json,
     /// Confluent-framed Avro under the registered output schema.
     Avro,
+    /// Confluent-framed JSON, validated against the registered JSON Schema.
+    JsonSchema,
+    /// Confluent-framed Protobuf (with the message index) of the registered `.proto`.
+    Protobuf,
 }
 
 #[derive(Clone)]
@@ -58,7 +63,8 @@ impl std::fmt::Debug for RegistrySettings {
 
 #[derive(Debug, Clone)]
 pub enum OutputSchema {
-    /// Register this Avro schema under the subject at start-up (idempotent).
+    /// Register this schema (of the output format) under the subject at start-up
+    /// (idempotent).
     Register { subject: String, schema: String },
     /// Use this registered schema id.
     Id(u32),
@@ -71,6 +77,8 @@ pub struct RecordFormat {
     pub output: OutputFormat,
     pub registry: Option<RegistrySettings>,
     pub output_schema: Option<OutputSchema>,
+    /// The Protobuf message written (default: the `.proto`'s first).
+    pub output_message: Option<String>,
 }
 
 impl RecordFormat {
@@ -85,7 +93,7 @@ impl RecordFormat {
 #[derive(Default)]
 pub struct Framing {
     input: Option<InputDecoder>,
-    output: Option<AvroOutput>,
+    output: Option<OutputEncoder>,
 }
 
 impl Framing {
@@ -111,19 +119,21 @@ impl Framing {
         );
         let settings = client::settings(registry)?;
         let input = InputDecoder::new(format.input, settings.clone());
-        let output = match format.output {
-            OutputFormat::Json => None,
-            OutputFormat::Avro => {
-                let schema = format.output_schema.as_ref().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--output-format avro needs --output-subject or --output-schema-id"
-                    )
-                })?;
-                let out = AvroOutput::open(&settings, schema)?;
-                tracing::info!(schema_id = out.schema_id(), "output schema resolved");
-                Some(out)
-            }
+        let output = match &format.output_schema {
+            None if format.output == OutputFormat::Json => None,
+            None => anyhow::bail!(
+                "an --output-format other than json needs --output-subject or --output-schema-id"
+            ),
+            Some(schema) => OutputEncoder::open(
+                format.output,
+                &settings,
+                schema,
+                format.output_message.as_deref(),
+            )?,
         };
+        if let Some(out) = &output {
+            tracing::info!(schema_id = out.schema_id(), "output schema resolved");
+        }
         Ok(Self { input, output })
     }
 
@@ -161,7 +171,7 @@ impl Framing {
         for outcome in outcomes.iter_mut() {
             if let Outcome::Scored(json) = outcome {
                 *outcome = match output.encode(json) {
-                    Ok(avro) => Outcome::Scored(avro),
+                    Ok(framed) => Outcome::Scored(framed),
                     Err(rejection) => Outcome::Rejected(rejection),
                 };
             }

@@ -1,20 +1,15 @@
-//! Schema Registry output: the prediction JSON, written as Avro in the Confluent wire format
-//! under a schema registered once at start-up (or named by id).
+//! Avro output: the prediction JSON resolved against the output schema by `apache-avro`,
+//! framed with the schema id.
 
 use apache_avro::types::Value as AvroValue;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
-use schema_registry_converter::blocking::schema_registry::{
-    get_schema_by_id_and_type, post_schema, SrSettings,
-};
-use schema_registry_converter::schema_registry_common::{get_payload, SchemaType, SuppliedSchema};
+use schema_registry_converter::blocking::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::{get_payload, SchemaType};
 
-use super::OutputSchema;
-use crate::record::{Reason, Rejection};
-
-/// The schema registered when `--output-schema` names no file: classifications and
-/// regressions (recommendations need a schema of their own).
-pub const PREDICTION_SCHEMA: &str = include_str!("prediction.avsc");
+use super::{mismatch, register_or_fetch};
+use crate::record::registry::OutputSchema;
+use crate::record::Rejection;
 
 pub struct AvroOutput {
     id: u32,
@@ -25,22 +20,11 @@ impl AvroOutput {
     /// Registers the schema under the subject (the registry answers with the existing id if
     /// it already has it) or fetches the configured id. Called once, before the first batch.
     pub fn open(settings: &SrSettings, schema: &OutputSchema) -> anyhow::Result<Self> {
-        let registered = match schema {
-            OutputSchema::Register { subject, schema } => {
-                // Refuse a schema we cannot write with before the registry stores it.
-                Schema::parse_str(schema).map_err(|e| anyhow::anyhow!("output schema: {e}"))?;
-                post_schema(
-                    settings,
-                    subject.clone(),
-                    SuppliedSchema::new(None, SchemaType::Avro, schema.clone()),
-                )
-                .map_err(|e| {
-                    anyhow::anyhow!("registering the output schema under subject {subject}: {e}")
-                })?
-            }
-            OutputSchema::Id(id) => get_schema_by_id_and_type(*id, settings, SchemaType::Avro)
-                .map_err(|e| anyhow::anyhow!("fetching output schema id {id}: {e}"))?,
-        };
+        if let OutputSchema::Register { schema, .. } = schema {
+            // Refuse a schema we cannot write with before the registry stores it.
+            Schema::parse_str(schema).map_err(|e| anyhow::anyhow!("output schema: {e}"))?;
+        }
+        let registered = register_or_fetch(settings, schema, SchemaType::Avro)?;
         let schema = Schema::parse_str(&registered.schema).map_err(|e| {
             anyhow::anyhow!("output schema id {} does not parse: {e}", registered.id)
         })?;
@@ -56,15 +40,7 @@ impl AvroOutput {
 
     /// One output record's JSON as a framed Avro value of the output schema.
     pub fn encode(&self, json: &[u8]) -> Result<Vec<u8>, Rejection> {
-        let mismatch = |e: &dyn std::fmt::Display| {
-            Rejection::new(
-                Reason::OutputSchemaMismatch,
-                format!(
-                    "the prediction does not fit output schema id {}: {e}",
-                    self.id
-                ),
-            )
-        };
+        let mismatch = |e: &dyn std::fmt::Display| mismatch(self.id, e);
         let json: serde_json::Value = serde_json::from_slice(json).map_err(|e| mismatch(&e))?;
         let value = AvroValue::try_from(json)
             .and_then(|v| v.resolve(&self.schema))
@@ -79,7 +55,9 @@ impl AvroOutput {
 
 #[cfg(test)]
 mod tests {
+    use super::super::PREDICTION_SCHEMA;
     use super::*;
+    use crate::record::Reason;
 
     fn output() -> AvroOutput {
         AvroOutput {
