@@ -42,6 +42,15 @@ impl AvroOutput {
     pub fn encode(&self, json: &[u8]) -> Result<Vec<u8>, Rejection> {
         let mismatch = |e: &dyn std::fmt::Display| mismatch(self.id, e);
         let json: serde_json::Value = serde_json::from_slice(json).map_err(|e| mismatch(&e))?;
+        // Avro's resolution keeps the schema's fields and drops the rest without a word: a
+        // recommendation under the classification schema would go out as nulls.
+        if let (Schema::Record(record), serde_json::Value::Object(fields)) = (&self.schema, &json) {
+            if let Some(extra) = fields.keys().find(|k| !record.lookup.contains_key(*k)) {
+                return Err(mismatch(&format!(
+                    "the output schema has no field {extra:?}"
+                )));
+            }
+        }
         let value = AvroValue::try_from(json)
             .and_then(|v| v.resolve(&self.schema))
             .map_err(|e| mismatch(&e))?;
@@ -64,6 +73,14 @@ mod tests {
             id: 42,
             schema: Schema::parse_str(PREDICTION_SCHEMA).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_prediction_with_fields_the_schema_lacks_is_refused_not_trimmed() {
+        let recommendation = br#"{"uid":196,"items":[{"item":50,"score":4.9}],"cold_start":false,"model_version":"mf-1","partition":0,"offset":1}"#;
+        let r = output().encode(recommendation).unwrap_err();
+        assert_eq!(r.reason, Reason::OutputSchemaMismatch, "{r}");
+        assert!(r.detail.contains("has no field \"cold_start\""), "{r}");
     }
 
     #[test]
