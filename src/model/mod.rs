@@ -33,10 +33,12 @@ pub const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read model file {path}: {source}")]
+    // Not `source`: the OS error is already in the message, and a source would print it a
+    // second time in every error chain (`error: cannot read ...: No such file: No such file`).
+    #[error("cannot read model file {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("model file is not valid JSON of the expected shape: {0}")]
     Parse(#[from] serde_json::Error),
@@ -205,9 +207,9 @@ impl ModelFile {
     }
 
     pub fn read(path: &Path) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_json(&bytes)
     }
@@ -215,9 +217,9 @@ impl ModelFile {
     /// Writes through a temporary file and a rename, so a service reloading this path
     /// never reads a half-written model.
     pub fn write(&self, path: &Path) -> Result<(), ModelError> {
-        let io_err = |source| ModelError::Io {
+        let io_err = |error| ModelError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err)?;
@@ -439,9 +441,9 @@ impl LoadedModel {
     /// Loads a streamscore model file, or a PMML document (by its `.pmml`/`.xml` extension
     /// or its content) directly.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let bytes = std::fs::read(path).map_err(|error| ModelError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let by_extension = path
             .extension()

@@ -29,9 +29,9 @@ impl ModelStore {
     /// follow the link as it is then, not the file it pointed to at start-up.
     pub fn open(path: &Path, allow_kind_change: bool) -> Result<Self, ModelError> {
         let model = LoadedModel::load(path)?;
-        let io_err = |source| ModelError::Io {
+        let io_err = |error| ModelError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let configured_path = std::path::absolute(path).map_err(io_err)?;
         let model_dir = configured_path
