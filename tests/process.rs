@@ -79,6 +79,22 @@ fn a_bad_flag_says_what_is_wrong() {
         1,
         "the cause is said once: {stderr}"
     );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let truncated = dir.path().join("truncated.json");
+    std::fs::write(&truncated, "{\"kind\":").expect("model file written");
+    let out = Command::new(BIN)
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--model"])
+        .arg(&truncated)
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("EOF while parsing").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
 }
 
 #[test]

@@ -40,8 +40,9 @@ pub enum ModelError {
         path: PathBuf,
         error: std::io::Error,
     },
+    // No `#[from]` (which makes it the source, said twice in an error chain): see `From`.
     #[error("model file is not valid JSON of the expected shape: {0}")]
-    Parse(#[from] serde_json::Error),
+    Parse(serde_json::Error),
     #[error("model file format {0} is not supported (this build reads format {FORMAT})")]
     UnsupportedFormat(u32),
     #[error("model file version {stated} does not match its contents (hash {actual}): the file is corrupt or was edited")]
@@ -54,6 +55,12 @@ pub enum ModelError {
     FeaturesChanged { from: Vec<String>, to: Vec<String> },
     #[error("{0} is not a file in the model directory")]
     OutsideModelDir(PathBuf),
+}
+
+impl From<serde_json::Error> for ModelError {
+    fn from(error: serde_json::Error) -> Self {
+        ModelError::Parse(error)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
