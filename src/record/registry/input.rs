@@ -133,16 +133,9 @@ impl InputDecoder {
                     .decode_with_context(Some(bytes))
                     .map_err(Failure::from_crate)?
                     .ok_or_else(|| Failure::Invalid("no value".into()))?;
-                // Field names as declared (`sepal_length`, not `sepalLength`), 64-bit
-                // integers as numbers; proto3's canonical JSON writes NaN as "NaN", which the
-                // JSON decoder refuses as `non_finite_feature`.
-                let options = SerializeOptions::new()
-                    .use_proto_field_name(true)
-                    .stringify_64_bit_integers(false)
-                    .skip_default_fields(false);
                 decoded
                     .value
-                    .serialize_with_options(serde_json::value::Serializer, &options)
+                    .serialize_with_options(serde_json::value::Serializer, &protobuf_as_json())
                     .map_err(|e| Failure::Invalid(e.to_string()))
             }
         }
@@ -212,6 +205,17 @@ fn float(v: f64) -> JsonValue {
         None if v > 0.0 => JsonValue::String("Infinity".into()),
         None => JsonValue::String("-Infinity".into()),
     }
+}
+
+/// How a Protobuf message reads as JSON here: field names as declared (`sepal_length`, not
+/// `sepalLength`), 64-bit integers as numbers, unset proto3 fields as their defaults; proto3's
+/// canonical JSON writes NaN as "NaN", which the JSON decoder refuses as
+/// `non_finite_feature`.
+pub(crate) fn protobuf_as_json() -> SerializeOptions {
+    SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(false)
+        .skip_default_fields(false)
 }
 
 #[cfg(test)]

@@ -170,7 +170,6 @@ mod tests {
     use super::*;
     use crate::record::Reason;
     use schema_registry_converter::blocking::proto_decoder::ProtoDecoder;
-    use schema_registry_converter::prost_reflect::SerializeOptions;
 
     fn open(schema: &str, message: Option<&str>) -> anyhow::Result<(ProtobufOutput, SrSettings)> {
         let settings = one_schema_registry::start(schema, "PROTOBUF");
@@ -192,13 +191,12 @@ mod tests {
             .decode_with_context(Some(framed))
             .unwrap()
             .unwrap();
-        let options = SerializeOptions::new()
-            .use_proto_field_name(true)
-            .stringify_64_bit_integers(false)
-            .skip_default_fields(false);
         decoded
             .value
-            .serialize_with_options(serde_json::value::Serializer, &options)
+            .serialize_with_options(
+                serde_json::value::Serializer,
+                &crate::record::registry::input::protobuf_as_json(),
+            )
             .unwrap()
     }
 
