@@ -7,6 +7,9 @@
 //! have no branches and do not wait on each other, so they vectorise and pipeline, where a
 //! walk is a chain of dependent loads that ends in a mispredicted branch.
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
 /// Trees with at most this many leaves have a mask form (one bit per leaf in a `u64`).
 pub const MAX_LEAVES: usize = 64;
 

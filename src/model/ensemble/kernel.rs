@@ -29,6 +29,9 @@ const MASK_SPLITS_PER_LEVEL: usize = 8;
 const BLOCK: usize = mask::BLOCK;
 /// Rows a tree sees before the next tree is loaded.
 const TILE: usize = 64;
+/// `TILE` for the AVX-512 form.
+#[cfg(target_arch = "x86_64")]
+const WIDE_TILE: usize = 64;
 const SPECIAL_YES: u32 = 1;
 const ZERO_SPECIAL: u32 = 2;
 const LEAF: u32 = u32::MAX;
@@ -77,6 +80,38 @@ enum Layout {
     Walk { root: u32 },
 }
 
+/// The instruction sets the kernel is compiled for, slowest first. Each computes the same
+/// comparisons and the same additions in the same order, so they agree to the bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Path {
+    /// Plain x86-64 (SSE2), or whatever the target has.
+    Portable,
+    /// `run` compiled with AVX2.
+    Avx2,
+    /// The `f32` formats' mask trees 16 rows at a time (`mask::avx512`); the `f64` format
+    /// takes the AVX2 form.
+    Avx512,
+}
+
+impl Path {
+    /// The forms this CPU runs.
+    pub(super) fn available() -> Vec<Path> {
+        #[allow(unused_mut)]
+        let mut paths = vec![Path::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") {
+                paths.push(Path::Avx2);
+                if has!("avx512f") && has!("avx512cd") {
+                    paths.push(Path::Avx512);
+                }
+            }
+        }
+        paths
+    }
+}
+
 #[derive(Debug)]
 pub struct Kernel {
     layouts: Vec<Layout>,
@@ -96,8 +131,10 @@ pub struct Kernel {
     single_output: Vec<Option<u32>>,
     /// Parallel to `mask_leaves`: the leaf's weight when its tree has a `single_output`.
     mask_values: Vec<f64>,
-    /// The CPU has AVX2: `run` is compiled a second time for it.
-    avx2: bool,
+    /// `mask_values` in `f32`, for the formats whose sums are `f32`s (else empty).
+    mask_values32: Vec<f32>,
+    /// The fastest form this CPU runs.
+    path: Path,
     /// Per leaf id, its range in `weights`.
     leaves: Vec<(u32, u32)>,
     weights: Vec<(u32, f64)>,
@@ -156,10 +193,11 @@ impl Kernel {
             mask_leaves: Vec::new(),
             single_output: Vec::with_capacity(e.trees.len()),
             mask_values: Vec::new(),
-            #[cfg(target_arch = "x86_64")]
-            avx2: std::arch::is_x86_feature_detected!("avx2"),
-            #[cfg(not(target_arch = "x86_64"))]
-            avx2: false,
+            mask_values32: Vec::new(),
+            path: Path::available()
+                .into_iter()
+                .last()
+                .unwrap_or(Path::Portable),
             leaves: Vec::new(),
             weights: Vec::new(),
             single_precision: e.format.single_precision(),
@@ -233,6 +271,10 @@ impl Kernel {
                                 _ => 0.0,
                             }
                         }));
+                        if k.single_precision {
+                            let values = &k.mask_values[l..];
+                            k.mask_values32.extend(values.iter().map(|v| *v as f32));
+                        }
                         (s..k.mask_splits.len(), l..k.mask_leaves.len())
                     }),
             );
@@ -306,12 +348,17 @@ impl Kernel {
 
     /// Each row's accumulators after every tree (`n_outputs` per row, row-major).
     pub fn sums(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        self.sums_on(self.path, e, rows)
+    }
+
+    /// `sums` in the given form, which the CPU must run (`Path::available`).
+    pub(super) fn sums_on(&self, path: Path, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         let (nf, width) = (e.features.len(), e.n_outputs);
         let n = rows.len() / nf;
         let special: Vec<bool> = rows.chunks_exact(nf).map(|r| !self.plain(r)).collect();
         let n_special = special.iter().filter(|s| **s).count();
         if n_special == 0 || n_special == n {
-            return self.run_in_precision(e, rows);
+            return self.run_on(path, e, rows);
         }
         // Rows with a missing value grouped after the others, so that the blocks of complete
         // rows take the plain steps; each row's sums are its own, so order is free.
@@ -323,7 +370,7 @@ impl Kernel {
             .iter()
             .flat_map(|r| rows[r * nf..(r + 1) * nf].iter().copied())
             .collect();
-        let sums = self.run_in_precision(e, &permuted);
+        let sums = self.run_on(path, e, &permuted);
         let mut out = vec![0.0; n * width];
         for (i, r) in order.into_iter().enumerate() {
             out[r * width..(r + 1) * width].copy_from_slice(&sums[i * width..(i + 1) * width]);
@@ -331,9 +378,17 @@ impl Kernel {
         out
     }
 
-    pub(super) fn run_in_precision(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+    /// Each row's accumulators in the given form, which the CPU must run
+    /// (`Path::available`), rows in any order.
+    pub(super) fn run_on(&self, path: Path, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
+        if path == Path::Avx512 && self.single_precision {
+            // SAFETY: `Path::available` lists AVX-512 only for a CPU with avx512f and
+            // avx512cd, all `run_avx512` asks for.
+            return unsafe { self.run_avx512(e, rows) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if path != Path::Portable {
             // SAFETY: `avx2` says the CPU has AVX2, all `run_avx2` asks for.
             return unsafe {
                 if self.single_precision {
@@ -357,6 +412,101 @@ impl Kernel {
     #[target_feature(enable = "avx2")]
     unsafe fn run_avx2<A: Acc>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         self.run::<A>(e, rows)
+    }
+
+    /// `run` for the `f32` formats with AVX-512: every mask tree takes blocks of 16 rows
+    /// (`mask::avx512`), the last block of a tile padded with copies of its last row, whose
+    /// sums are not kept. Other trees take the level or walking form row by row, the sums
+    /// the same `f32` additions in tree order.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512cd")]
+    unsafe fn run_avx512(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        use mask::avx512::{self as wide, WIDE};
+        let nf = e.features.len();
+        let width = e.n_outputs;
+        let n_rows = rows.len() / nf;
+        let base: Vec<f32> = e.base.iter().map(|b| *b as f32).collect();
+        let mut acc: Vec<f32> = Vec::with_capacity(n_rows * width);
+        for _ in 0..n_rows {
+            acc.extend_from_slice(&base);
+        }
+        let mut major: Vec<f32> = Vec::with_capacity(WIDE_TILE * nf);
+        let mut classes: Vec<Class> = Vec::with_capacity(WIDE_TILE / WIDE);
+        for (tile, tile_acc) in rows
+            .chunks(WIDE_TILE * nf)
+            .zip(acc.chunks_mut(WIDE_TILE * width))
+        {
+            let n = tile.len() / nf;
+            let blocks = n.div_ceil(WIDE);
+            major.clear();
+            classes.clear();
+            for b in 0..blocks {
+                let real = WIDE.min(n - b * WIDE);
+                let block = &tile[b * WIDE * nf..(b * WIDE + real) * nf];
+                classes.push(self.class(block));
+                wide::push_block(&mut major, nf, |r| {
+                    let r = r.min(real - 1);
+                    &block[r * nf..(r + 1) * nf]
+                });
+            }
+            for (t, layout) in self.layouts.iter().enumerate() {
+                let single = self.single_output[t];
+                for (b, class) in classes.iter().enumerate() {
+                    let first = b * WIDE;
+                    let real = WIDE.min(n - first);
+                    match &self.masks[t] {
+                        Some((splits, leaves)) if *class != Class::ZeroSpecial => {
+                            let s = &self.mask_splits32[splits.clone()];
+                            let block = &major[first * nf..(first + WIDE) * nf];
+                            let found = match (leaves.len() <= 32, *class == Class::Plain) {
+                                (true, true) => wide::leaves_narrow::<false>(s, block),
+                                (true, false) => wide::leaves_narrow::<true>(s, block),
+                                (false, true) => wide::leaves_wide::<false>(s, block),
+                                (false, false) => wide::leaves_wide::<true>(s, block),
+                            };
+                            let values = &self.mask_values32[leaves.clone()];
+                            match single {
+                                Some(0) if width == 1 && real == WIDE => {
+                                    let sums: &mut [f32; WIDE] =
+                                        match (&mut tile_acc[first..first + WIDE]).try_into() {
+                                            Ok(s) => s,
+                                            // invariant: the range is WIDE long.
+                                            Err(_) => unreachable!(),
+                                        };
+                                    wide::add_values(found, values, sums);
+                                }
+                                Some(o) => {
+                                    let found = wide::to_array(found);
+                                    for (r, leaf) in found[..real].iter().enumerate() {
+                                        tile_acc[(first + r) * width + o as usize] +=
+                                            values[*leaf as usize];
+                                    }
+                                }
+                                None => {
+                                    let ids = &self.mask_leaves[leaves.clone()];
+                                    let found = wide::to_array(found);
+                                    for (r, leaf) in found[..real].iter().enumerate() {
+                                        let at = (first + r) * width;
+                                        self.add(
+                                            ids[*leaf as usize],
+                                            &mut tile_acc[at..at + width],
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        _ => {
+                            for r in first..first + real {
+                                let row = &tile[r * nf..(r + 1) * nf];
+                                let leaf = self.leaf_of_row(*layout, row);
+                                self.add(leaf, &mut tile_acc[r * width..(r + 1) * width]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        acc.into_iter().map(f64::from).collect()
     }
 
     #[inline(always)]
@@ -451,22 +601,7 @@ impl Kernel {
                     .chunks_exact(nf)
                     .zip(tile_acc[full * width..].chunks_exact_mut(width))
                 {
-                    let leaf = match *layout {
-                        Layout::Perfect {
-                            depth,
-                            steps,
-                            slots,
-                        } => {
-                            let mut i = 0usize;
-                            for _ in 0..depth {
-                                let s = self.steps[steps as usize + i];
-                                i = 2 * i + 2 - usize::from(s.yes(row[s.feature as usize]));
-                            }
-                            self.slots[slots as usize + i - ((1usize << depth) - 1)]
-                        }
-                        Layout::Walk { root } => self.walk(root, row),
-                    };
-                    self.add(leaf, sums);
+                    self.add(self.leaf_of_row(*layout, row), sums);
                 }
             }
         }
@@ -545,6 +680,26 @@ impl Kernel {
         let first = (1usize << depth) - 1;
         let slots = &self.slots[slots as usize..];
         at.map(|i| slots[i - first])
+    }
+
+    /// One row's leaf by the level or walking form.
+    #[inline(always)]
+    fn leaf_of_row(&self, layout: Layout, row: &[f64]) -> u32 {
+        match layout {
+            Layout::Perfect {
+                depth,
+                steps,
+                slots,
+            } => {
+                let mut i = 0usize;
+                for _ in 0..depth {
+                    let s = self.steps[steps as usize + i];
+                    i = 2 * i + 2 - usize::from(s.yes(row[s.feature as usize]));
+                }
+                self.slots[slots as usize + i - ((1usize << depth) - 1)]
+            }
+            Layout::Walk { root } => self.walk(root, row),
+        }
     }
 
     #[inline]
