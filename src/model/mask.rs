@@ -280,6 +280,23 @@ pub fn comparable(value: f64) -> f64 {
     }
 }
 
+/// A tree's leaf values for `avx512::add_values`: `values` in leaf order, zero-padded to 32 (up to 32
+/// leaves) or 64, so that a look-up is whole registers.
+pub fn pad_values(values: &[f32], out: &mut Vec<f32>) {
+    let padded = padded_len(values.len());
+    out.extend_from_slice(values);
+    out.resize(out.len() + padded - values.len(), 0.0);
+}
+
+/// How many values `pad_values` makes of `n`.
+pub fn padded_len(n: usize) -> usize {
+    if n <= 32 {
+        32
+    } else {
+        64
+    }
+}
+
 /// The bits of leaves `0..n`, for `n <= 64`.
 fn leaf_bits(n: usize) -> u64 {
     u64::MAX.checked_shr(64 - n as u32).unwrap_or(0)

@@ -131,8 +131,10 @@ pub struct Kernel {
     single_output: Vec<Option<u32>>,
     /// Parallel to `mask_leaves`: the leaf's weight when its tree has a `single_output`.
     mask_values: Vec<f64>,
-    /// `mask_values` in `f32`, for the formats whose sums are `f32`s (else empty).
+    /// `mask_values` in `f32`, for the formats whose sums are `f32`s (else empty), each
+    /// tree's padded (`mask::pad_values`); per tree, where its values start.
     mask_values32: Vec<f32>,
+    values32_at: Vec<usize>,
     /// The fastest form this CPU runs.
     path: Path,
     /// Per leaf id, its range in `weights`.
@@ -194,6 +196,7 @@ impl Kernel {
             single_output: Vec::with_capacity(e.trees.len()),
             mask_values: Vec::new(),
             mask_values32: Vec::new(),
+            values32_at: Vec::with_capacity(e.trees.len()),
             path: Path::available()
                 .into_iter()
                 .last()
@@ -242,6 +245,8 @@ impl Kernel {
                 },
             };
             let depth = depth(tree);
+            // Where this tree's `f32` values start, if it is a mask tree.
+            k.values32_at.push(k.mask_values32.len());
             let mut outputs = tree.nodes.iter().filter_map(|n| match n {
                 Node::Leaf { weights } => Some(match weights.as_slice() {
                     [(o, _)] => Some(*o),
@@ -272,8 +277,9 @@ impl Kernel {
                             }
                         }));
                         if k.single_precision {
-                            let values = &k.mask_values[l..];
-                            k.mask_values32.extend(values.iter().map(|v| *v as f32));
+                            let values: Vec<f32> =
+                                k.mask_values[l..].iter().map(|v| *v as f32).collect();
+                            mask::pad_values(&values, &mut k.mask_values32);
                         }
                         (s..k.mask_splits.len(), l..k.mask_leaves.len())
                     }),
@@ -464,7 +470,9 @@ impl Kernel {
                                 (false, true) => wide::leaves_wide::<false>(s, block),
                                 (false, false) => wide::leaves_wide::<true>(s, block),
                             };
-                            let values = &self.mask_values32[leaves.clone()];
+                            let at = self.values32_at[t];
+                            let values =
+                                &self.mask_values32[at..at + mask::padded_len(leaves.len())];
                             match single {
                                 Some(0) if width == 1 && real == WIDE => {
                                     let sums: &mut [f32; WIDE] =

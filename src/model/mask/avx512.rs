@@ -8,12 +8,12 @@
 //! the caller checks the CPU has both before taking this form.
 
 use std::arch::x86_64::{
-    __m512i, _mm512_add_ps, _mm512_and_si512, _mm512_castsi256_si512, _mm512_cmp_ps_mask,
-    _mm512_cvtepi64_epi32, _mm512_i32gather_ps, _mm512_inserti64x4, _mm512_loadu_ps,
-    _mm512_lzcnt_epi32, _mm512_lzcnt_epi64, _mm512_mask_and_epi32, _mm512_mask_and_epi64,
-    _mm512_min_epu32, _mm512_set1_epi32, _mm512_set1_epi64, _mm512_set1_ps, _mm512_setzero_si512,
-    _mm512_storeu_epi32, _mm512_storeu_ps, _mm512_sub_epi32, _mm512_sub_epi64, _CMP_GE_OQ,
-    _CMP_UNORD_Q,
+    __m512, __m512i, _mm512_add_ps, _mm512_and_si512, _mm512_castsi256_si512, _mm512_cmp_ps_mask,
+    _mm512_cvtepi64_epi32, _mm512_inserti64x4, _mm512_loadu_ps, _mm512_lzcnt_epi32,
+    _mm512_lzcnt_epi64, _mm512_mask_and_epi32, _mm512_mask_and_epi64, _mm512_mask_blend_ps,
+    _mm512_permutex2var_ps, _mm512_set1_epi32, _mm512_set1_epi64, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_epi32, _mm512_storeu_ps,
+    _mm512_sub_epi32, _mm512_sub_epi64, _mm512_test_epi32_mask, _CMP_GE_OQ, _CMP_UNORD_Q,
 };
 
 use super::Split;
@@ -106,20 +106,29 @@ pub fn to_array(leaves: __m512i) -> [u32; WIDE] {
     out
 }
 
-/// Adds to each row's sum the value of its leaf (`values` in leaf order), one `f32`
-/// addition per row as the portable form makes.
+/// Adds to each row's sum the value of its leaf (`values` from `mask::pad_values`), one `f32`
+/// addition per row as the portable form makes. The look-up is a permute across the
+/// registers that hold the values, not a gather: a gather of 16 lanes is 16 loads (and
+/// slower still on CPUs with the gather-data-sampling fix), a permute is one instruction.
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub fn add_values(leaves: __m512i, values: &[f32], sums: &mut [f32; WIDE]) {
-    if values.is_empty() {
-        return;
+    let reg = |i: usize| -> __m512 {
+        match values.get(i * WIDE..(i + 1) * WIDE) {
+            // SAFETY: the slice is 16 `f32`s, one unaligned 512-bit load.
+            Some(v) => unsafe { _mm512_loadu_ps(v.as_ptr()) },
+            None => _mm512_setzero_ps(),
+        }
+    };
+    // The permutes read the low 5 bits of each leaf number; bit 5 picks the upper pair.
+    let mut v = _mm512_permutex2var_ps(reg(0), leaves, reg(1));
+    if values.len() > 2 * WIDE {
+        let upper = _mm512_permutex2var_ps(reg(2), leaves, reg(3));
+        let high = _mm512_test_epi32_mask(leaves, _mm512_set1_epi32(32));
+        v = _mm512_mask_blend_ps(high, v, upper);
     }
-    // A leaf number is below the tree's leaf count (the row's own leaf is never ruled
-    // out); the clamp keeps the gather inside `values` whatever happens.
-    let leaves = _mm512_min_epu32(leaves, _mm512_set1_epi32(values.len() as i32 - 1));
-    // SAFETY: every index is at most `values.len() - 1`; `sums` is 16 `f32`s.
+    // SAFETY: `sums` is 16 `f32`s.
     unsafe {
-        let v = _mm512_i32gather_ps::<4>(leaves, values.as_ptr());
         let s = _mm512_loadu_ps(sums.as_ptr());
         _mm512_storeu_ps(sums.as_mut_ptr(), _mm512_add_ps(s, v));
     }
