@@ -282,10 +282,10 @@ pub fn comparable(value: f64) -> f64 {
 
 /// A tree's leaf values for `avx512::add_values`: `values` in leaf order, zero-padded to 32 (up to 32
 /// leaves) or 64, so that a look-up is whole registers.
-pub fn pad_values(values: &[f32], out: &mut Vec<f32>) {
+pub fn pad_values<V: Copy + Default>(values: &[V], out: &mut Vec<V>) {
     let padded = padded_len(values.len());
     out.extend_from_slice(values);
-    out.resize(out.len() + padded - values.len(), 0.0);
+    out.resize(out.len() + padded - values.len(), V::default());
 }
 
 /// How many values `pad_values` makes of `n`.

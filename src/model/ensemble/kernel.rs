@@ -88,8 +88,7 @@ pub(super) enum Path {
     Portable,
     /// `run` compiled with AVX2.
     Avx2,
-    /// The `f32` formats' mask trees 16 rows at a time (`mask::avx512`); the `f64` format
-    /// takes the AVX2 form.
+    /// Mask trees 16 rows at a time (`mask::avx512`).
     Avx512,
 }
 
@@ -131,10 +130,12 @@ pub struct Kernel {
     single_output: Vec<Option<u32>>,
     /// Parallel to `mask_leaves`: the leaf's weight when its tree has a `single_output`.
     mask_values: Vec<f64>,
-    /// `mask_values` in `f32`, for the formats whose sums are `f32`s (else empty), each
-    /// tree's padded (`mask::pad_values`); per tree, where its values start.
-    mask_values32: Vec<f32>,
-    values32_at: Vec<usize>,
+    /// `mask_values` in the sums' precision (`f32` or `f64`, the other one empty), each
+    /// tree's padded (`mask::pad_values`) for the AVX-512 form; per tree, where its values
+    /// start.
+    wide_values32: Vec<f32>,
+    wide_values64: Vec<f64>,
+    wide_values_at: Vec<usize>,
     /// The fastest form this CPU runs.
     path: Path,
     /// Per leaf id, its range in `weights`.
@@ -143,6 +144,33 @@ pub struct Kernel {
     single_precision: bool,
     /// Some split treats zero as missing (LightGBM's missing type Zero).
     zero_special: bool,
+}
+
+/// A lane type of the AVX-512 form and where the kernel keeps its splits and values.
+#[cfg(target_arch = "x86_64")]
+trait WideLane: mask::avx512::Lane + Acc {
+    fn splits(k: &Kernel) -> &[mask::Split<Self>];
+    fn values(k: &Kernel) -> &[Self];
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WideLane for f32 {
+    fn splits(k: &Kernel) -> &[mask::Split<f32>] {
+        &k.mask_splits32
+    }
+    fn values(k: &Kernel) -> &[f32] {
+        &k.wide_values32
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WideLane for f64 {
+    fn splits(k: &Kernel) -> &[mask::Split<f64>] {
+        &k.mask_splits
+    }
+    fn values(k: &Kernel) -> &[f64] {
+        &k.wide_values64
+    }
 }
 
 /// The two accumulator precisions.
@@ -195,8 +223,9 @@ impl Kernel {
             mask_leaves: Vec::new(),
             single_output: Vec::with_capacity(e.trees.len()),
             mask_values: Vec::new(),
-            mask_values32: Vec::new(),
-            values32_at: Vec::with_capacity(e.trees.len()),
+            wide_values32: Vec::new(),
+            wide_values64: Vec::new(),
+            wide_values_at: Vec::with_capacity(e.trees.len()),
             path: Path::available()
                 .into_iter()
                 .last()
@@ -246,7 +275,11 @@ impl Kernel {
             };
             let depth = depth(tree);
             // Where this tree's `f32` values start, if it is a mask tree.
-            k.values32_at.push(k.mask_values32.len());
+            k.wide_values_at.push(if k.single_precision {
+                k.wide_values32.len()
+            } else {
+                k.wide_values64.len()
+            });
             let mut outputs = tree.nodes.iter().filter_map(|n| match n {
                 Node::Leaf { weights } => Some(match weights.as_slice() {
                     [(o, _)] => Some(*o),
@@ -276,10 +309,12 @@ impl Kernel {
                                 _ => 0.0,
                             }
                         }));
+                        let values = &k.mask_values[l..];
                         if k.single_precision {
-                            let values: Vec<f32> =
-                                k.mask_values[l..].iter().map(|v| *v as f32).collect();
-                            mask::pad_values(&values, &mut k.mask_values32);
+                            let narrow: Vec<f32> = values.iter().map(|v| *v as f32).collect();
+                            mask::pad_values(&narrow, &mut k.wide_values32);
+                        } else {
+                            mask::pad_values(values, &mut k.wide_values64);
                         }
                         (s..k.mask_splits.len(), l..k.mask_leaves.len())
                     }),
@@ -388,10 +423,16 @@ impl Kernel {
     /// (`Path::available`), rows in any order.
     pub(super) fn run_on(&self, path: Path, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         #[cfg(target_arch = "x86_64")]
-        if path == Path::Avx512 && self.single_precision {
-            // SAFETY: `Path::available` lists AVX-512 only for a CPU with avx512f and
+        if path == Path::Avx512 {
+            // SAFETY: `Path::available` lists AVX-512 only for a CPU with avx2, avx512f and
             // avx512cd, all `run_avx512` asks for.
-            return unsafe { self.run_avx512(e, rows) };
+            return unsafe {
+                if self.single_precision {
+                    self.run_avx512::<f32>(e, rows)
+                } else {
+                    self.run_avx512::<f64>(e, rows)
+                }
+            };
         }
         #[cfg(target_arch = "x86_64")]
         if path != Path::Portable {
@@ -420,28 +461,27 @@ impl Kernel {
         self.run::<A>(e, rows)
     }
 
-    /// `run` for the `f32` formats with AVX-512: every mask tree takes blocks of 16 rows
-    /// (`mask::avx512`), the last block of a tile padded with copies of its last row, whose
-    /// sums are not kept. Other trees take the level or walking form row by row, the sums
-    /// the same `f32` additions in tree order.
+    /// `run` with AVX-512: every mask tree takes blocks of 16 rows (`mask::avx512`), the
+    /// last block of a tile padded with copies of its last row, whose sums are not kept.
+    /// Other trees, and blocks with a zero some split treats as missing, take the level or
+    /// walking form row by row. A tile's sums are kept output-major, so that a tree whose
+    /// leaves all add to one output adds 16 rows' values at once; each is still one
+    /// addition per tree in tree order, in the sums' precision.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512cd")]
-    unsafe fn run_avx512(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+    fn run_avx512<V: WideLane>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         use mask::avx512::{self as wide, WIDE};
         let nf = e.features.len();
         let width = e.n_outputs;
         let n_rows = rows.len() / nf;
-        let base: Vec<f32> = e.base.iter().map(|b| *b as f32).collect();
-        let mut acc: Vec<f32> = Vec::with_capacity(n_rows * width);
-        for _ in 0..n_rows {
-            acc.extend_from_slice(&base);
-        }
-        let mut major: Vec<f32> = Vec::with_capacity(WIDE_TILE * nf);
+        let base: Vec<V> = e.base.iter().map(|b| <V as Acc>::of(*b)).collect();
+        let mut out = Vec::with_capacity(n_rows * width);
+        let mut major: Vec<V> = Vec::with_capacity(WIDE_TILE * nf);
         let mut classes: Vec<Class> = Vec::with_capacity(WIDE_TILE / WIDE);
-        for (tile, tile_acc) in rows
-            .chunks(WIDE_TILE * nf)
-            .zip(acc.chunks_mut(WIDE_TILE * width))
-        {
+        // Output `o` of the tile's row `r` at `o * WIDE_TILE + r`.
+        let mut sums: Vec<V> = Vec::with_capacity(width * WIDE_TILE);
+        let (all_splits, all_values) = (V::splits(self), V::values(self));
+        for tile in rows.chunks(WIDE_TILE * nf) {
             let n = tile.len() / nf;
             let blocks = n.div_ceil(WIDE);
             major.clear();
@@ -455,66 +495,67 @@ impl Kernel {
                     &block[r * nf..(r + 1) * nf]
                 });
             }
+            sums.clear();
+            for b in &base {
+                sums.extend(std::iter::repeat_n(*b, WIDE_TILE));
+            }
             for (t, layout) in self.layouts.iter().enumerate() {
-                let single = self.single_output[t];
                 for (b, class) in classes.iter().enumerate() {
                     let first = b * WIDE;
                     let real = WIDE.min(n - first);
-                    match &self.masks[t] {
-                        Some((splits, leaves)) if *class != Class::ZeroSpecial => {
-                            let s = &self.mask_splits32[splits.clone()];
+                    match (&self.masks[t], self.single_output[t]) {
+                        (Some((splits, leaves)), single) if *class != Class::ZeroSpecial => {
+                            let s = &all_splits[splits.clone()];
                             let block = &major[first * nf..(first + WIDE) * nf];
                             let found = match (leaves.len() <= 32, *class == Class::Plain) {
-                                (true, true) => wide::leaves_narrow::<false>(s, block),
-                                (true, false) => wide::leaves_narrow::<true>(s, block),
-                                (false, true) => wide::leaves_wide::<false>(s, block),
-                                (false, false) => wide::leaves_wide::<true>(s, block),
+                                (true, true) => wide::leaves_narrow::<V, false>(s, block),
+                                (true, false) => wide::leaves_narrow::<V, true>(s, block),
+                                (false, true) => wide::leaves_wide::<V, false>(s, block),
+                                (false, false) => wide::leaves_wide::<V, true>(s, block),
                             };
-                            let at = self.values32_at[t];
-                            let values =
-                                &self.mask_values32[at..at + mask::padded_len(leaves.len())];
-                            match single {
-                                Some(0) if width == 1 && real == WIDE => {
-                                    let sums: &mut [f32; WIDE] =
-                                        match (&mut tile_acc[first..first + WIDE]).try_into() {
-                                            Ok(s) => s,
-                                            // invariant: the range is WIDE long.
-                                            Err(_) => unreachable!(),
-                                        };
-                                    wide::add_values(found, values, sums);
-                                }
-                                Some(o) => {
-                                    let found = wide::to_array(found);
-                                    for (r, leaf) in found[..real].iter().enumerate() {
-                                        tile_acc[(first + r) * width + o as usize] +=
-                                            values[*leaf as usize];
-                                    }
-                                }
-                                None => {
-                                    let ids = &self.mask_leaves[leaves.clone()];
-                                    let found = wide::to_array(found);
-                                    for (r, leaf) in found[..real].iter().enumerate() {
-                                        let at = (first + r) * width;
-                                        self.add(
-                                            ids[*leaf as usize],
-                                            &mut tile_acc[at..at + width],
-                                        );
-                                    }
-                                }
+                            if let Some(o) = single {
+                                let at = self.wide_values_at[t];
+                                let values = &all_values[at..at + mask::padded_len(leaves.len())];
+                                let at = o as usize * WIDE_TILE + first;
+                                let lanes: &mut [V; WIDE] =
+                                    match (&mut sums[at..at + WIDE]).try_into() {
+                                        Ok(s) => s,
+                                        // invariant: the range is WIDE long.
+                                        Err(_) => unreachable!(),
+                                    };
+                                // SAFETY: this function's features include avx512f.
+                                unsafe { V::add_values(found, values, lanes) };
+                                continue;
+                            }
+                            let ids = &self.mask_leaves[leaves.clone()];
+                            for (r, leaf) in wide::to_array(found)[..real].iter().enumerate() {
+                                self.add_major(ids[*leaf as usize], &mut sums, first + r);
                             }
                         }
                         _ => {
                             for r in first..first + real {
-                                let row = &tile[r * nf..(r + 1) * nf];
-                                let leaf = self.leaf_of_row(*layout, row);
-                                self.add(leaf, &mut tile_acc[r * width..(r + 1) * width]);
+                                let leaf = self.leaf_of_row(*layout, &tile[r * nf..(r + 1) * nf]);
+                                self.add_major(leaf, &mut sums, r);
                             }
                         }
                     }
                 }
             }
+            for r in 0..n {
+                out.extend((0..width).map(|o| sums[o * WIDE_TILE + r].get()));
+            }
         }
-        acc.into_iter().map(f64::from).collect()
+        out
+    }
+
+    /// `add` for a tile's output-major sums (`run_avx512`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn add_major<A: Acc>(&self, leaf: u32, sums: &mut [A], row: usize) {
+        let (start, end) = self.leaves[leaf as usize];
+        for &(o, w) in &self.weights[start as usize..end as usize] {
+            sums[o as usize * WIDE_TILE + row].add(w);
+        }
     }
 
     #[inline(always)]

@@ -1,19 +1,23 @@
-//! The mask form on 16 rows at once with AVX-512, for `f32` rows: one 512-bit register of
-//! `f32` lanes is a block's feature, and a split is a load, one compare into a lane mask
-//! and one masked AND of the reachable-leaf words, where AVX2 spends a compare, an OR and
-//! an AND on 8 rows (and SSE2-width halves for `u32` words). The compare is the same `x < t`
-//! on the same `f32`s as `leaves_with`, so the leaves are the same.
+//! The mask form on 16 rows at once with AVX-512. A block's feature is one 512-bit register
+//! of `f32` lanes (or two of `f64`), and a split is a load, one compare into a lane mask and
+//! one masked AND of the reachable-leaf words, where AVX2 spends a compare, an OR and an AND
+//! on 8 rows. The compare is the same `x < t` on the same values as `leaves_with`, so the
+//! leaves are the same; a leaf's value is found by permutes across the registers holding the
+//! tree's values, and added in the sum's own precision, as the portable form adds it.
 //!
 //! Every function here asks for `avx512f` and `avx512cd` (`vplzcnt` finds the lowest bit);
 //! the caller checks the CPU has both before taking this form.
 
 use std::arch::x86_64::{
-    __m512, __m512i, _mm512_add_ps, _mm512_and_si512, _mm512_castsi256_si512, _mm512_cmp_ps_mask,
-    _mm512_cvtepi64_epi32, _mm512_inserti64x4, _mm512_loadu_ps, _mm512_lzcnt_epi32,
-    _mm512_lzcnt_epi64, _mm512_mask_and_epi32, _mm512_mask_and_epi64, _mm512_mask_blend_ps,
-    _mm512_permutex2var_ps, _mm512_set1_epi32, _mm512_set1_epi64, _mm512_set1_ps,
-    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_epi32, _mm512_storeu_ps,
-    _mm512_sub_epi32, _mm512_sub_epi64, _mm512_test_epi32_mask, _CMP_GE_OQ, _CMP_UNORD_Q,
+    __m512, __m512d, __m512i, _mm512_add_pd, _mm512_add_ps, _mm512_and_si512,
+    _mm512_castsi256_si512, _mm512_castsi512_si256, _mm512_cmp_pd_mask, _mm512_cmp_ps_mask,
+    _mm512_cvtepi64_epi32, _mm512_cvtepu32_epi64, _mm512_extracti64x4_epi64, _mm512_inserti64x4,
+    _mm512_loadu_pd, _mm512_loadu_ps, _mm512_lzcnt_epi32, _mm512_lzcnt_epi64,
+    _mm512_mask_and_epi32, _mm512_mask_and_epi64, _mm512_mask_blend_pd, _mm512_mask_blend_ps,
+    _mm512_permutex2var_pd, _mm512_permutex2var_ps, _mm512_set1_epi32, _mm512_set1_epi64,
+    _mm512_set1_pd, _mm512_set1_ps, _mm512_setzero_pd, _mm512_setzero_ps, _mm512_setzero_si512,
+    _mm512_storeu_epi32, _mm512_storeu_pd, _mm512_storeu_ps, _mm512_sub_epi32, _mm512_sub_epi64,
+    _mm512_test_epi32_mask, _mm512_test_epi64_mask, _CMP_GE_OQ, _CMP_UNORD_Q,
 };
 
 use super::Split;
@@ -21,16 +25,141 @@ use super::Split;
 /// Rows in one block of this form: the `f32` lanes of a 512-bit register.
 pub const WIDE: usize = 16;
 
-/// Appends `WIDE` rows as one feature-major block of `f32`s (feature `f` of row `r` at
-/// `f * WIDE + r`), exact for rows that are `f32`s already.
-pub fn push_block<'a>(out: &mut Vec<f32>, n_features: usize, row: impl Fn(usize) -> &'a [f64]) {
+/// A lane type of this form, `f32` or `f64`: the rows' values, the thresholds and the sums.
+pub trait Lane: super::Lane {
+    /// Over a block's 16 values of one feature: the rows not below `threshold` (false for
+    /// NaN), and with `MISSING` the rows whose value is NaN (else 0), one bit per row.
+    ///
+    /// # Safety
+    /// The CPU must have avx512f.
+    unsafe fn test<const MISSING: bool>(values: &[Self; WIDE], threshold: Self) -> (u16, u16);
+
+    /// Adds to each row's sum the value of its leaf (`leaves`, from `leaves`): `values` in
+    /// leaf order, from `super::pad_values` (32 or 64 of them).
+    ///
+    /// # Safety
+    /// The CPU must have avx512f.
+    unsafe fn add_values(leaves: __m512i, values: &[Self], sums: &mut [Self; WIDE]);
+}
+
+impl Lane for f32 {
+    #[inline(always)]
+    unsafe fn test<const MISSING: bool>(values: &[f32; WIDE], threshold: f32) -> (u16, u16) {
+        // SAFETY: `values` is 16 `f32`s, one unaligned load; the caller vouches for the CPU.
+        unsafe {
+            let x = _mm512_loadu_ps(values.as_ptr());
+            let fails = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(threshold));
+            let nan = if MISSING {
+                _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x)
+            } else {
+                0
+            };
+            (fails, nan)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn add_values(leaves: __m512i, values: &[f32], sums: &mut [f32; WIDE]) {
+        // SAFETY: every load is of a 16-value slice, the store of `sums`; the caller vouches
+        // for the CPU.
+        unsafe {
+            let reg = |i: usize| -> __m512 {
+                match values.get(i * WIDE..(i + 1) * WIDE) {
+                    Some(v) => _mm512_loadu_ps(v.as_ptr()),
+                    None => _mm512_setzero_ps(),
+                }
+            };
+            // A permute reads the low 5 bits of each leaf number; bit 5 picks the upper pair.
+            let mut v = _mm512_permutex2var_ps(reg(0), leaves, reg(1));
+            if values.len() > 2 * WIDE {
+                let upper = _mm512_permutex2var_ps(reg(2), leaves, reg(3));
+                let high = _mm512_test_epi32_mask(leaves, _mm512_set1_epi32(32));
+                v = _mm512_mask_blend_ps(high, v, upper);
+            }
+            let s = _mm512_loadu_ps(sums.as_ptr());
+            _mm512_storeu_ps(sums.as_mut_ptr(), _mm512_add_ps(s, v));
+        }
+    }
+}
+
+impl Lane for f64 {
+    #[inline(always)]
+    unsafe fn test<const MISSING: bool>(values: &[f64; WIDE], threshold: f64) -> (u16, u16) {
+        // SAFETY: `values` is 16 `f64`s, two unaligned loads; the caller vouches for the CPU.
+        unsafe {
+            let t = _mm512_set1_pd(threshold);
+            let low = _mm512_loadu_pd(values.as_ptr());
+            let high = _mm512_loadu_pd(values.as_ptr().add(8));
+            let halves = |l: u8, h: u8| u16::from(l) | (u16::from(h) << 8);
+            let fails = halves(
+                _mm512_cmp_pd_mask::<_CMP_GE_OQ>(low, t),
+                _mm512_cmp_pd_mask::<_CMP_GE_OQ>(high, t),
+            );
+            let nan = if MISSING {
+                halves(
+                    _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(low, low),
+                    _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(high, high),
+                )
+            } else {
+                0
+            };
+            (fails, nan)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn add_values(leaves: __m512i, values: &[f64], sums: &mut [f64; WIDE]) {
+        // SAFETY: every load is of an 8-value slice, the stores of `sums`' halves; the caller
+        // vouches for the CPU.
+        unsafe {
+            let reg = |i: usize| -> __m512d {
+                match values.get(i * 8..(i + 1) * 8) {
+                    Some(v) => _mm512_loadu_pd(v.as_ptr()),
+                    None => _mm512_setzero_pd(),
+                }
+            };
+            // A permute reads the low 4 bits of each leaf number; bits 4 and 5 pick the pair.
+            let look = |idx: __m512i| -> __m512d {
+                let mut v = _mm512_permutex2var_pd(reg(0), idx, reg(1));
+                let bit4 = _mm512_test_epi64_mask(idx, _mm512_set1_epi64(16));
+                if values.len() > 16 {
+                    let b = _mm512_permutex2var_pd(reg(2), idx, reg(3));
+                    v = _mm512_mask_blend_pd(bit4, v, b);
+                }
+                if values.len() > 32 {
+                    let c = _mm512_permutex2var_pd(reg(4), idx, reg(5));
+                    let d = _mm512_permutex2var_pd(reg(6), idx, reg(7));
+                    let upper = _mm512_mask_blend_pd(bit4, c, d);
+                    let bit5 = _mm512_test_epi64_mask(idx, _mm512_set1_epi64(32));
+                    v = _mm512_mask_blend_pd(bit5, v, upper);
+                }
+                v
+            };
+            let low = look(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(leaves)));
+            let high = look(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(
+                leaves,
+            )));
+            let s = sums.as_mut_ptr();
+            _mm512_storeu_pd(s, _mm512_add_pd(_mm512_loadu_pd(s), low));
+            _mm512_storeu_pd(s.add(8), _mm512_add_pd(_mm512_loadu_pd(s.add(8)), high));
+        }
+    }
+}
+
+/// Appends `WIDE` rows as one feature-major block (feature `f` of row `r` at
+/// `f * WIDE + r`), in the lane type (exact for rows that are `f32`s already).
+pub fn push_block<'a, V: Lane>(
+    out: &mut Vec<V>,
+    n_features: usize,
+    row: impl Fn(usize) -> &'a [f64],
+) {
     for f in 0..n_features {
-        out.extend((0..WIDE).map(|r| row(r)[f] as f32));
+        out.extend((0..WIDE).map(|r| V::of(row(r)[f])));
     }
 }
 
 #[inline(always)]
-fn lanes(block: &[f32], feature: u32) -> &[f32; WIDE] {
+fn lanes<V: Lane>(block: &[V], feature: u32) -> &[V; WIDE] {
     let at = feature as usize * WIDE;
     match block[at..at + WIDE].try_into() {
         Ok(v) => v,
@@ -44,17 +173,16 @@ fn lanes(block: &[f32], feature: u32) -> &[f32; WIDE] {
 /// block must hold no NaN (a NaN would then go to `yes` everywhere, still a leaf).
 #[inline]
 #[target_feature(enable = "avx512f,avx512cd")]
-pub fn leaves_narrow<const MISSING: bool>(splits: &[Split<f32>], block: &[f32]) -> __m512i {
+pub fn leaves_narrow<V: Lane, const MISSING: bool>(splits: &[Split<V>], block: &[V]) -> __m512i {
     let mut reachable = _mm512_set1_epi32(-1);
     for split in splits {
-        // SAFETY: `lanes` is 16 `f32`s, one unaligned 512-bit load.
-        let x = unsafe { _mm512_loadu_ps(lanes(block, split.feature).as_ptr()) };
-        // Not below the threshold (false for NaN): the row leaves the `yes` subtree.
-        let fails = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(split.threshold));
+        // SAFETY: this function's features include avx512f.
+        let (fails, nan) =
+            unsafe { V::test::<MISSING>(lanes(block, split.feature), split.threshold) };
+        // A row not below the threshold leaves the `yes` subtree.
         let keep = _mm512_set1_epi32(split.keep as u32 as i32);
         reachable = _mm512_mask_and_epi32(reachable, fails, reachable, keep);
         if MISSING {
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
             let nan_keep = _mm512_set1_epi32(split.nan_keep as u32 as i32);
             reachable = _mm512_mask_and_epi32(reachable, nan, reachable, nan_keep);
         }
@@ -71,18 +199,17 @@ pub fn leaves_narrow<const MISSING: bool>(splits: &[Split<f32>], block: &[f32]) 
 /// 8–15 in another, each masked by its half of the compare.
 #[inline]
 #[target_feature(enable = "avx512f,avx512cd")]
-pub fn leaves_wide<const MISSING: bool>(splits: &[Split<f32>], block: &[f32]) -> __m512i {
+pub fn leaves_wide<V: Lane, const MISSING: bool>(splits: &[Split<V>], block: &[V]) -> __m512i {
     let mut low = _mm512_set1_epi64(-1);
     let mut high = low;
     for split in splits {
-        // SAFETY: `lanes` is 16 `f32`s, one unaligned 512-bit load.
-        let x = unsafe { _mm512_loadu_ps(lanes(block, split.feature).as_ptr()) };
-        let fails = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(split.threshold));
+        // SAFETY: this function's features include avx512f.
+        let (fails, nan) =
+            unsafe { V::test::<MISSING>(lanes(block, split.feature), split.threshold) };
         let keep = _mm512_set1_epi64(split.keep as i64);
         low = _mm512_mask_and_epi64(low, fails as u8, low, keep);
         high = _mm512_mask_and_epi64(high, (fails >> 8) as u8, high, keep);
         if MISSING {
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
             let nan_keep = _mm512_set1_epi64(split.nan_keep as i64);
             low = _mm512_mask_and_epi64(low, nan as u8, low, nan_keep);
             high = _mm512_mask_and_epi64(high, (nan >> 8) as u8, high, nan_keep);
@@ -104,32 +231,4 @@ pub fn to_array(leaves: __m512i) -> [u32; WIDE] {
     // SAFETY: `out` is 16 `u32`s, one unaligned 512-bit store.
     unsafe { _mm512_storeu_epi32(out.as_mut_ptr().cast(), leaves) };
     out
-}
-
-/// Adds to each row's sum the value of its leaf (`values` from `mask::pad_values`), one `f32`
-/// addition per row as the portable form makes. The look-up is a permute across the
-/// registers that hold the values, not a gather: a gather of 16 lanes is 16 loads (and
-/// slower still on CPUs with the gather-data-sampling fix), a permute is one instruction.
-#[inline]
-#[target_feature(enable = "avx512f")]
-pub fn add_values(leaves: __m512i, values: &[f32], sums: &mut [f32; WIDE]) {
-    let reg = |i: usize| -> __m512 {
-        match values.get(i * WIDE..(i + 1) * WIDE) {
-            // SAFETY: the slice is 16 `f32`s, one unaligned 512-bit load.
-            Some(v) => unsafe { _mm512_loadu_ps(v.as_ptr()) },
-            None => _mm512_setzero_ps(),
-        }
-    };
-    // The permutes read the low 5 bits of each leaf number; bit 5 picks the upper pair.
-    let mut v = _mm512_permutex2var_ps(reg(0), leaves, reg(1));
-    if values.len() > 2 * WIDE {
-        let upper = _mm512_permutex2var_ps(reg(2), leaves, reg(3));
-        let high = _mm512_test_epi32_mask(leaves, _mm512_set1_epi32(32));
-        v = _mm512_mask_blend_ps(high, v, upper);
-    }
-    // SAFETY: `sums` is 16 `f32`s.
-    unsafe {
-        let s = _mm512_loadu_ps(sums.as_ptr());
-        _mm512_storeu_ps(sums.as_mut_ptr(), _mm512_add_ps(s, v));
-    }
 }
