@@ -45,104 +45,146 @@ pub trait Lane: super::Lane {
 impl Lane for f32 {
     #[inline(always)]
     unsafe fn test<const MISSING: bool>(values: &[f32; WIDE], threshold: f32) -> (u16, u16) {
-        // SAFETY: `values` is 16 `f32`s, one unaligned load; the caller vouches for the CPU.
-        unsafe {
-            let x = _mm512_loadu_ps(values.as_ptr());
-            let fails = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(threshold));
-            let nan = if MISSING {
-                _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x)
-            } else {
-                0
-            };
-            (fails, nan)
-        }
+        // SAFETY: the caller vouches for the CPU.
+        unsafe { test32::<MISSING>(values, threshold) }
     }
 
     #[inline(always)]
     unsafe fn add_values(leaves: __m512i, values: &[f32], sums: &mut [f32; WIDE]) {
-        // SAFETY: every load is of a 16-value slice, the store of `sums`; the caller vouches
-        // for the CPU.
-        unsafe {
-            let reg = |i: usize| -> __m512 {
-                match values.get(i * WIDE..(i + 1) * WIDE) {
-                    Some(v) => _mm512_loadu_ps(v.as_ptr()),
-                    None => _mm512_setzero_ps(),
-                }
-            };
-            // A permute reads the low 5 bits of each leaf number; bit 5 picks the upper pair.
-            let mut v = _mm512_permutex2var_ps(reg(0), leaves, reg(1));
-            if values.len() > 2 * WIDE {
-                let upper = _mm512_permutex2var_ps(reg(2), leaves, reg(3));
-                let high = _mm512_test_epi32_mask(leaves, _mm512_set1_epi32(32));
-                v = _mm512_mask_blend_ps(high, v, upper);
-            }
-            let s = _mm512_loadu_ps(sums.as_ptr());
-            _mm512_storeu_ps(sums.as_mut_ptr(), _mm512_add_ps(s, v));
-        }
+        // SAFETY: the caller vouches for the CPU.
+        unsafe { add_values32(leaves, values, sums) }
     }
 }
 
 impl Lane for f64 {
     #[inline(always)]
     unsafe fn test<const MISSING: bool>(values: &[f64; WIDE], threshold: f64) -> (u16, u16) {
-        // SAFETY: `values` is 16 `f64`s, two unaligned loads; the caller vouches for the CPU.
-        unsafe {
-            let t = _mm512_set1_pd(threshold);
-            let low = _mm512_loadu_pd(values.as_ptr());
-            let high = _mm512_loadu_pd(values.as_ptr().add(8));
-            let halves = |l: u8, h: u8| u16::from(l) | (u16::from(h) << 8);
-            let fails = halves(
-                _mm512_cmp_pd_mask::<_CMP_GE_OQ>(low, t),
-                _mm512_cmp_pd_mask::<_CMP_GE_OQ>(high, t),
-            );
-            let nan = if MISSING {
-                halves(
-                    _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(low, low),
-                    _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(high, high),
-                )
-            } else {
-                0
-            };
-            (fails, nan)
-        }
+        // SAFETY: the caller vouches for the CPU.
+        unsafe { test64::<MISSING>(values, threshold) }
     }
 
     #[inline(always)]
     unsafe fn add_values(leaves: __m512i, values: &[f64], sums: &mut [f64; WIDE]) {
-        // SAFETY: every load is of an 8-value slice, the stores of `sums`' halves; the caller
-        // vouches for the CPU.
-        unsafe {
-            let reg = |i: usize| -> __m512d {
-                match values.get(i * 8..(i + 1) * 8) {
-                    Some(v) => _mm512_loadu_pd(v.as_ptr()),
-                    None => _mm512_setzero_pd(),
-                }
-            };
-            // A permute reads the low 4 bits of each leaf number; bits 4 and 5 pick the pair.
-            let look = |idx: __m512i| -> __m512d {
-                let mut v = _mm512_permutex2var_pd(reg(0), idx, reg(1));
-                let bit4 = _mm512_test_epi64_mask(idx, _mm512_set1_epi64(16));
-                if values.len() > 16 {
-                    let b = _mm512_permutex2var_pd(reg(2), idx, reg(3));
-                    v = _mm512_mask_blend_pd(bit4, v, b);
-                }
-                if values.len() > 32 {
-                    let c = _mm512_permutex2var_pd(reg(4), idx, reg(5));
-                    let d = _mm512_permutex2var_pd(reg(6), idx, reg(7));
-                    let upper = _mm512_mask_blend_pd(bit4, c, d);
-                    let bit5 = _mm512_test_epi64_mask(idx, _mm512_set1_epi64(32));
-                    v = _mm512_mask_blend_pd(bit5, v, upper);
-                }
-                v
-            };
-            let low = look(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(leaves)));
-            let high = look(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(
-                leaves,
-            )));
-            let s = sums.as_mut_ptr();
-            _mm512_storeu_pd(s, _mm512_add_pd(_mm512_loadu_pd(s), low));
-            _mm512_storeu_pd(s.add(8), _mm512_add_pd(_mm512_loadu_pd(s.add(8)), high));
-        }
+        // SAFETY: the caller vouches for the CPU.
+        unsafe { add_values64(leaves, values, sums) }
+    }
+}
+
+// The bodies are functions of their own so that they carry the target features: a trait
+// method cannot, and intrinsics outside such a function are calls, not instructions.
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn test32<const MISSING: bool>(values: &[f32; WIDE], threshold: f32) -> (u16, u16) {
+    // SAFETY: `values` is 16 `f32`s, one unaligned load.
+    let x = unsafe { _mm512_loadu_ps(values.as_ptr()) };
+    let fails = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(threshold));
+    let nan = if MISSING {
+        _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x)
+    } else {
+        0
+    };
+    (fails, nan)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn test64<const MISSING: bool>(values: &[f64; WIDE], threshold: f64) -> (u16, u16) {
+    let t = _mm512_set1_pd(threshold);
+    // SAFETY: `values` is 16 `f64`s, two unaligned loads of 8.
+    let (low, high) = unsafe {
+        (
+            _mm512_loadu_pd(values.as_ptr()),
+            _mm512_loadu_pd(values.as_ptr().add(8)),
+        )
+    };
+    let fails = u16::from(_mm512_cmp_pd_mask::<_CMP_GE_OQ>(low, t))
+        | (u16::from(_mm512_cmp_pd_mask::<_CMP_GE_OQ>(high, t)) << 8);
+    let nan = if MISSING {
+        u16::from(_mm512_cmp_pd_mask::<_CMP_UNORD_Q>(low, low))
+            | (u16::from(_mm512_cmp_pd_mask::<_CMP_UNORD_Q>(high, high)) << 8)
+    } else {
+        0
+    };
+    (fails, nan)
+}
+
+/// Register `i` of 16 of a tree's padded values (zero past the end).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn reg32(values: &[f32], i: usize) -> __m512 {
+    match values.get(i * WIDE..(i + 1) * WIDE) {
+        // SAFETY: the slice is 16 `f32`s, one unaligned load.
+        Some(v) => unsafe { _mm512_loadu_ps(v.as_ptr()) },
+        None => _mm512_setzero_ps(),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn add_values32(leaves: __m512i, values: &[f32], sums: &mut [f32; WIDE]) {
+    // A permute reads the low 5 bits of each leaf number; bit 5 picks the upper pair.
+    let mut v = _mm512_permutex2var_ps(reg32(values, 0), leaves, reg32(values, 1));
+    if values.len() > 2 * WIDE {
+        let upper = _mm512_permutex2var_ps(reg32(values, 2), leaves, reg32(values, 3));
+        let high = _mm512_test_epi32_mask(leaves, _mm512_set1_epi32(32));
+        v = _mm512_mask_blend_ps(high, v, upper);
+    }
+    // SAFETY: `sums` is 16 `f32`s.
+    unsafe {
+        let s = _mm512_loadu_ps(sums.as_ptr());
+        _mm512_storeu_ps(sums.as_mut_ptr(), _mm512_add_ps(s, v));
+    }
+}
+
+/// Register `i` of 8 of a tree's padded values (zero past the end).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn reg64(values: &[f64], i: usize) -> __m512d {
+    match values.get(i * 8..(i + 1) * 8) {
+        // SAFETY: the slice is 8 `f64`s, one unaligned load.
+        Some(v) => unsafe { _mm512_loadu_pd(v.as_ptr()) },
+        None => _mm512_setzero_pd(),
+    }
+}
+
+/// The values of 8 leaves (numbers in 64-bit lanes).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn look64(values: &[f64], idx: __m512i) -> __m512d {
+    // A permute reads the low 4 bits of each leaf number; bits 4 and 5 pick the pair.
+    let mut v = _mm512_permutex2var_pd(reg64(values, 0), idx, reg64(values, 1));
+    let bit4 = _mm512_test_epi64_mask(idx, _mm512_set1_epi64(16));
+    if values.len() > 16 {
+        let b = _mm512_permutex2var_pd(reg64(values, 2), idx, reg64(values, 3));
+        v = _mm512_mask_blend_pd(bit4, v, b);
+    }
+    if values.len() > 32 {
+        let c = _mm512_permutex2var_pd(reg64(values, 4), idx, reg64(values, 5));
+        let d = _mm512_permutex2var_pd(reg64(values, 6), idx, reg64(values, 7));
+        let upper = _mm512_mask_blend_pd(bit4, c, d);
+        let bit5 = _mm512_test_epi64_mask(idx, _mm512_set1_epi64(32));
+        v = _mm512_mask_blend_pd(bit5, v, upper);
+    }
+    v
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn add_values64(leaves: __m512i, values: &[f64], sums: &mut [f64; WIDE]) {
+    let low = look64(
+        values,
+        _mm512_cvtepu32_epi64(_mm512_castsi512_si256(leaves)),
+    );
+    let high = look64(
+        values,
+        _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64::<1>(leaves)),
+    );
+    // SAFETY: `sums` is 16 `f64`s, two unaligned loads and stores of 8.
+    unsafe {
+        let s = sums.as_mut_ptr();
+        _mm512_storeu_pd(s, _mm512_add_pd(_mm512_loadu_pd(s), low));
+        _mm512_storeu_pd(s.add(8), _mm512_add_pd(_mm512_loadu_pd(s.add(8)), high));
     }
 }
 
