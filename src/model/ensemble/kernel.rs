@@ -29,9 +29,6 @@ const MASK_SPLITS_PER_LEVEL: usize = 8;
 const BLOCK: usize = mask::BLOCK;
 /// Rows a tree sees before the next tree is loaded.
 const TILE: usize = 64;
-/// `TILE` for the AVX-512 form.
-#[cfg(target_arch = "x86_64")]
-const WIDE_TILE: usize = 64;
 const SPECIAL_YES: u32 = 1;
 const ZERO_SPECIAL: u32 = 2;
 const LEAF: u32 = u32::MAX;
@@ -470,79 +467,66 @@ impl Kernel {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512cd")]
     fn run_avx512<V: WideLane>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
-        use mask::avx512::{self as wide, WIDE};
+        use mask::avx512::{self as wide, BLOCKS, TILE, WIDE};
         let nf = e.features.len();
         let width = e.n_outputs;
         let n_rows = rows.len() / nf;
         let base: Vec<V> = e.base.iter().map(|b| <V as Acc>::of(*b)).collect();
         let mut out = Vec::with_capacity(n_rows * width);
-        let mut major: Vec<V> = Vec::with_capacity(WIDE_TILE * nf);
-        let mut classes: Vec<Class> = Vec::with_capacity(WIDE_TILE / WIDE);
-        // Output `o` of the tile's row `r` at `o * WIDE_TILE + r`.
-        let mut sums: Vec<V> = Vec::with_capacity(width * WIDE_TILE);
+        let mut major: Vec<V> = Vec::with_capacity(TILE * nf);
+        // Output `o` of the tile's row `r` at `o * TILE + r`.
+        let mut sums: Vec<V> = Vec::with_capacity(width * TILE);
         let (all_splits, all_values) = (V::splits(self), V::values(self));
-        for tile in rows.chunks(WIDE_TILE * nf) {
+        for tile in rows.chunks(TILE * nf) {
             let n = tile.len() / nf;
-            let blocks = n.div_ceil(WIDE);
-            major.clear();
-            classes.clear();
-            for b in 0..blocks {
-                let real = WIDE.min(n - b * WIDE);
-                let block = &tile[b * WIDE * nf..(b * WIDE + real) * nf];
-                classes.push(self.class(block));
-                wide::push_block(&mut major, nf, |r| {
-                    let r = r.min(real - 1);
-                    &block[r * nf..(r + 1) * nf]
-                });
-            }
+            let class = self.class(tile);
+            wide::set_tile(&mut major, nf, tile, n);
             sums.clear();
             for b in &base {
-                sums.extend(std::iter::repeat_n(*b, WIDE_TILE));
+                sums.extend(std::iter::repeat_n(*b, TILE));
             }
             for (t, layout) in self.layouts.iter().enumerate() {
-                for (b, class) in classes.iter().enumerate() {
-                    let first = b * WIDE;
-                    let real = WIDE.min(n - first);
-                    match (&self.masks[t], self.single_output[t]) {
-                        (Some((splits, leaves)), single) if *class != Class::ZeroSpecial => {
-                            let s = &all_splits[splits.clone()];
-                            let block = &major[first * nf..(first + WIDE) * nf];
-                            let found = match (leaves.len() <= 32, *class == Class::Plain) {
-                                (true, true) => wide::leaves_narrow::<V, false>(s, block),
-                                (true, false) => wide::leaves_narrow::<V, true>(s, block),
-                                (false, true) => wide::leaves_wide::<V, false>(s, block),
-                                (false, false) => wide::leaves_wide::<V, true>(s, block),
-                            };
-                            if let Some(o) = single {
-                                let at = self.wide_values_at[t];
-                                let values = &all_values[at..at + mask::padded_len(leaves.len())];
-                                let at = o as usize * WIDE_TILE + first;
-                                let lanes: &mut [V; WIDE] =
-                                    match (&mut sums[at..at + WIDE]).try_into() {
-                                        Ok(s) => s,
-                                        // invariant: the range is WIDE long.
-                                        Err(_) => unreachable!(),
-                                    };
-                                // SAFETY: this function's features include avx512f.
-                                unsafe { V::add_values(found, values, lanes) };
-                                continue;
-                            }
-                            let ids = &self.mask_leaves[leaves.clone()];
-                            for (r, leaf) in wide::to_array(found)[..real].iter().enumerate() {
-                                self.add_major(ids[*leaf as usize], &mut sums, first + r);
-                            }
-                        }
-                        _ => {
-                            for r in first..first + real {
-                                let leaf = self.leaf_of_row(*layout, &tile[r * nf..(r + 1) * nf]);
-                                self.add_major(leaf, &mut sums, r);
-                            }
-                        }
+                let Some((splits, leaves)) = self.masks[t]
+                    .as_ref()
+                    .filter(|_| class != Class::ZeroSpecial)
+                else {
+                    for r in 0..n {
+                        let leaf = self.leaf_of_row(*layout, &tile[r * nf..(r + 1) * nf]);
+                        self.add_major(leaf, &mut sums, r);
                     }
+                    continue;
+                };
+                let s = &all_splits[splits.clone()];
+                let found = match (leaves.len() <= 32, class == Class::Plain) {
+                    (true, true) => wide::leaves_narrow::<V, false>(s, &major),
+                    (true, false) => wide::leaves_narrow::<V, true>(s, &major),
+                    (false, true) => wide::leaves_wide::<V, false>(s, &major),
+                    (false, false) => wide::leaves_wide::<V, true>(s, &major),
+                };
+                if let Some(o) = self.single_output[t] {
+                    let at = self.wide_values_at[t];
+                    let values = &all_values[at..at + mask::padded_len(leaves.len())];
+                    let at = o as usize * TILE;
+                    let lanes: &mut [[V; WIDE]; BLOCKS] =
+                        match sums[at..at + TILE].as_chunks_mut::<WIDE>().0.try_into() {
+                            Ok(s) => s,
+                            // invariant: the range is TILE long, BLOCKS chunks of WIDE.
+                            Err(_) => unreachable!(),
+                        };
+                    for (found, lanes) in found.into_iter().zip(lanes) {
+                        // SAFETY: this function's features include avx512f.
+                        unsafe { V::add_values(found, values, lanes) };
+                    }
+                    continue;
+                }
+                let ids = &self.mask_leaves[leaves.clone()];
+                let found = found.map(|f| wide::to_array(f));
+                for r in 0..n {
+                    self.add_major(ids[found[r / WIDE][r % WIDE] as usize], &mut sums, r);
                 }
             }
             for r in 0..n {
-                out.extend((0..width).map(|o| sums[o * WIDE_TILE + r].get()));
+                out.extend((0..width).map(|o| sums[o * TILE + r].get()));
             }
         }
         out
@@ -554,7 +538,7 @@ impl Kernel {
     fn add_major<A: Acc>(&self, leaf: u32, sums: &mut [A], row: usize) {
         let (start, end) = self.leaves[leaf as usize];
         for &(o, w) in &self.weights[start as usize..end as usize] {
-            sums[o as usize * WIDE_TILE + row].add(w);
+            sums[o as usize * mask::avx512::TILE + row].add(w);
         }
     }
 

@@ -188,81 +188,100 @@ fn add_values64(leaves: __m512i, values: &[f64], sums: &mut [f64; WIDE]) {
     }
 }
 
-/// Appends `WIDE` rows as one feature-major block (feature `f` of row `r` at
-/// `f * WIDE + r`), in the lane type (exact for rows that are `f32`s already).
-pub fn push_block<'a, V: Lane>(
-    out: &mut Vec<V>,
-    n_features: usize,
-    row: impl Fn(usize) -> &'a [f64],
-) {
-    for f in 0..n_features {
-        out.extend((0..WIDE).map(|r| V::of(row(r)[f])));
+/// Blocks of `WIDE` rows that go through a tree together: a split's threshold, words and
+/// feature are loaded once for all of them, and their chains of masks overlap.
+pub const BLOCKS: usize = 4;
+/// Rows in one tile, `BLOCKS` blocks.
+pub const TILE: usize = WIDE * BLOCKS;
+
+/// Sets `out` to a tile of `n` rows (`rows`, `n_features` values each, 1 ≤ n ≤ `TILE`)
+/// feature-major (feature `f` of row `r` at `f * TILE + r`), in the lane type (exact for
+/// rows that are `f32`s already); the rows past `n` repeat the last one, so they hold no
+/// value the real ones do not.
+pub fn set_tile<V: Lane>(out: &mut Vec<V>, n_features: usize, rows: &[f64], n: usize) {
+    out.clear();
+    out.resize(n_features * TILE, V::of(0.0));
+    for r in 0..TILE {
+        let at = r.min(n - 1) * n_features;
+        for (f, x) in rows[at..at + n_features].iter().enumerate() {
+            out[f * TILE + r] = V::of(*x);
+        }
     }
 }
 
 #[inline(always)]
-fn lanes<V: Lane>(block: &[V], feature: u32) -> &[V; WIDE] {
-    let at = feature as usize * WIDE;
-    match block[at..at + WIDE].try_into() {
+fn lanes<V: Lane>(tile: &[V], feature: u32) -> &[[V; WIDE]; BLOCKS] {
+    let at = feature as usize * TILE;
+    match tile[at..at + TILE].as_chunks::<WIDE>().0.try_into() {
         Ok(v) => v,
-        // invariant: the range is WIDE long.
+        // invariant: the range is TILE long, BLOCKS chunks of WIDE.
         Err(_) => unreachable!(),
     }
 }
 
-/// The leaf number of each of a block's 16 rows in a tree of at most 32 leaves (`u32`
-/// words). With `MISSING`, a NaN goes where its split sends missing values; without, the
-/// block must hold no NaN (a NaN would then go to `yes` everywhere, still a leaf).
+/// The leaf number of each of a tile's rows in a tree of at most 32 leaves (`u32` words),
+/// per block. With `MISSING`, a NaN goes where its split sends missing values; without, the
+/// tile must hold no NaN (a NaN would then go to `yes` everywhere, still a leaf).
 #[inline]
 #[target_feature(enable = "avx512f,avx512cd")]
-pub fn leaves_narrow<V: Lane, const MISSING: bool>(splits: &[Split<V>], block: &[V]) -> __m512i {
-    let mut reachable = _mm512_set1_epi32(-1);
+pub fn leaves_narrow<V: Lane, const MISSING: bool>(
+    splits: &[Split<V>],
+    tile: &[V],
+) -> [__m512i; BLOCKS] {
+    let mut reachable = [_mm512_set1_epi32(-1); BLOCKS];
     for split in splits {
-        // SAFETY: this function's features include avx512f.
-        let (fails, nan) =
-            unsafe { V::test::<MISSING>(lanes(block, split.feature), split.threshold) };
-        // A row not below the threshold leaves the `yes` subtree.
+        let values = lanes(tile, split.feature);
         let keep = _mm512_set1_epi32(split.keep as u32 as i32);
-        reachable = _mm512_mask_and_epi32(reachable, fails, reachable, keep);
-        if MISSING {
-            let nan_keep = _mm512_set1_epi32(split.nan_keep as u32 as i32);
-            reachable = _mm512_mask_and_epi32(reachable, nan, reachable, nan_keep);
+        let nan_keep = _mm512_set1_epi32(split.nan_keep as u32 as i32);
+        for (r, v) in reachable.iter_mut().zip(values) {
+            // SAFETY: this function's features include avx512f.
+            let (fails, nan) = unsafe { V::test::<MISSING>(v, split.threshold) };
+            // A row not below the threshold leaves the `yes` subtree.
+            *r = _mm512_mask_and_epi32(*r, fails, *r, keep);
+            if MISSING {
+                *r = _mm512_mask_and_epi32(*r, nan, *r, nan_keep);
+            }
         }
     }
     // The lowest bit set: isolate it, count the zeros above it.
-    let lowest = _mm512_and_si512(
-        reachable,
-        _mm512_sub_epi32(_mm512_setzero_si512(), reachable),
-    );
-    _mm512_sub_epi32(_mm512_set1_epi32(31), _mm512_lzcnt_epi32(lowest))
+    reachable.map(|r| {
+        let lowest = _mm512_and_si512(r, _mm512_sub_epi32(_mm512_setzero_si512(), r));
+        _mm512_sub_epi32(_mm512_set1_epi32(31), _mm512_lzcnt_epi32(lowest))
+    })
 }
 
-/// `leaves_narrow` for trees of 33 to 64 leaves: `u64` words, rows 0–7 in one register and
-/// 8–15 in another, each masked by its half of the compare.
+/// `leaves_narrow` for trees of 33 to 64 leaves: `u64` words, a block's rows 0–7 in one
+/// register and 8–15 in another, each masked by its half of the compare.
 #[inline]
 #[target_feature(enable = "avx512f,avx512cd")]
-pub fn leaves_wide<V: Lane, const MISSING: bool>(splits: &[Split<V>], block: &[V]) -> __m512i {
-    let mut low = _mm512_set1_epi64(-1);
-    let mut high = low;
+pub fn leaves_wide<V: Lane, const MISSING: bool>(
+    splits: &[Split<V>],
+    tile: &[V],
+) -> [__m512i; BLOCKS] {
+    let mut reachable = [[_mm512_set1_epi64(-1); 2]; BLOCKS];
     for split in splits {
-        // SAFETY: this function's features include avx512f.
-        let (fails, nan) =
-            unsafe { V::test::<MISSING>(lanes(block, split.feature), split.threshold) };
+        let values = lanes(tile, split.feature);
         let keep = _mm512_set1_epi64(split.keep as i64);
-        low = _mm512_mask_and_epi64(low, fails as u8, low, keep);
-        high = _mm512_mask_and_epi64(high, (fails >> 8) as u8, high, keep);
-        if MISSING {
-            let nan_keep = _mm512_set1_epi64(split.nan_keep as i64);
-            low = _mm512_mask_and_epi64(low, nan as u8, low, nan_keep);
-            high = _mm512_mask_and_epi64(high, (nan >> 8) as u8, high, nan_keep);
+        let nan_keep = _mm512_set1_epi64(split.nan_keep as i64);
+        for ([low, high], v) in reachable.iter_mut().zip(values) {
+            // SAFETY: this function's features include avx512f.
+            let (fails, nan) = unsafe { V::test::<MISSING>(v, split.threshold) };
+            *low = _mm512_mask_and_epi64(*low, fails as u8, *low, keep);
+            *high = _mm512_mask_and_epi64(*high, (fails >> 8) as u8, *high, keep);
+            if MISSING {
+                *low = _mm512_mask_and_epi64(*low, nan as u8, *low, nan_keep);
+                *high = _mm512_mask_and_epi64(*high, (nan >> 8) as u8, *high, nan_keep);
+            }
         }
     }
-    let index = |r: __m512i| {
-        let lowest = _mm512_and_si512(r, _mm512_sub_epi64(_mm512_setzero_si512(), r));
-        let n = _mm512_sub_epi64(_mm512_set1_epi64(63), _mm512_lzcnt_epi64(lowest));
-        _mm512_cvtepi64_epi32(n)
-    };
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(index(low)), index(high))
+    reachable.map(|[low, high]| {
+        let index = |r: __m512i| {
+            let lowest = _mm512_and_si512(r, _mm512_sub_epi64(_mm512_setzero_si512(), r));
+            let n = _mm512_sub_epi64(_mm512_set1_epi64(63), _mm512_lzcnt_epi64(lowest));
+            _mm512_cvtepi64_epi32(n)
+        };
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(index(low)), index(high))
+    })
 }
 
 /// The 16 leaf numbers as an array.
