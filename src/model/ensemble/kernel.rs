@@ -11,6 +11,8 @@
 //! same test the other forms make, and a NaN goes where its split sends missing values.
 //! Only blocks with a zero that some split treats as missing (LightGBM's missing type
 //! Zero) take the level-order or walking form, which handle every missing-value rule.
+//! On a CPU with AVX-512 the mask trees take 16 rows per register (`mask::avx512`); the
+//! plain x86-64 and AVX2 builds of the same loops remain for other CPUs (`Path`).
 //! Each row's accumulators start at the base score and take the leaves' weights tree by
 //! tree, in the library's precision: the same additions in the same order as the library.
 
@@ -458,12 +460,12 @@ impl Kernel {
         self.run::<A>(e, rows)
     }
 
-    /// `run` with AVX-512: every mask tree takes blocks of 16 rows (`mask::avx512`), the
-    /// last block of a tile padded with copies of its last row, whose sums are not kept.
-    /// Other trees, and blocks with a zero some split treats as missing, take the level or
-    /// walking form row by row. A tile's sums are kept output-major, so that a tree whose
-    /// leaves all add to one output adds 16 rows' values at once; each is still one
-    /// addition per tree in tree order, in the sums' precision.
+    /// `run` with AVX-512: every mask tree takes tiles of 64 rows, 4 blocks of 16
+    /// (`mask::avx512`), a short last tile padded with copies of its last row, whose sums
+    /// are not kept. Other trees, and tiles with a zero some split treats as missing, take
+    /// the level or walking form row by row. A tile's sums are kept output-major, so that a
+    /// tree whose leaves all add to one output adds 16 rows' values at once; each is still
+    /// one addition per tree in tree order, in the sums' precision.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512cd")]
     fn run_avx512<V: WideLane>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
