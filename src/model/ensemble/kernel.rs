@@ -481,6 +481,10 @@ impl Kernel {
         let (all_splits, all_values) = (V::splits(self), V::values(self));
         for tile in rows.chunks(TILE * nf) {
             let n = tile.len() / nf;
+            if n == 0 {
+                // Only a ragged end shorter than a row; `set_tile` needs one.
+                continue;
+            }
             let class = self.class(tile);
             wide::set_tile(&mut major, nf, tile, n);
             sums.clear();
