@@ -7,6 +7,9 @@
 //! have no branches and do not wait on each other, so they vectorise and pipeline, where a
 //! walk is a chain of dependent loads that ends in a mispredicted branch.
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
 /// Trees with at most this many leaves have a mask form (one bit per leaf in a `u64`).
 pub const MAX_LEAVES: usize = 64;
 
@@ -274,6 +277,23 @@ pub fn comparable(value: f64) -> f64 {
     } else {
         // x + 0 is x for every other x.
         value + 0.0
+    }
+}
+
+/// A tree's leaf values for `avx512::add_values`: `values` in leaf order, zero-padded to 32 (up to 32
+/// leaves) or 64, so that a look-up is whole registers.
+pub fn pad_values<V: Copy + Default>(values: &[V], out: &mut Vec<V>) {
+    let padded = padded_len(values.len());
+    out.extend_from_slice(values);
+    out.resize(out.len() + padded - values.len(), V::default());
+}
+
+/// How many values `pad_values` makes of `n`.
+pub fn padded_len(n: usize) -> usize {
+    if n <= 32 {
+        32
+    } else {
+        64
     }
 }
 

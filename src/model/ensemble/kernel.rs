@@ -11,6 +11,8 @@
 //! same test the other forms make, and a NaN goes where its split sends missing values.
 //! Only blocks with a zero that some split treats as missing (LightGBM's missing type
 //! Zero) take the level-order or walking form, which handle every missing-value rule.
+//! On a CPU with AVX-512 the mask trees take 16 rows per register (`mask::avx512`); the
+//! plain x86-64 and AVX2 builds of the same loops remain for other CPUs (`Path`).
 //! Each row's accumulators start at the base score and take the leaves' weights tree by
 //! tree, in the library's precision: the same additions in the same order as the library.
 
@@ -77,6 +79,37 @@ enum Layout {
     Walk { root: u32 },
 }
 
+/// The instruction sets the kernel is compiled for, slowest first. Each computes the same
+/// comparisons and the same additions in the same order, so they agree to the bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Path {
+    /// Plain x86-64 (SSE2), or whatever the target has.
+    Portable,
+    /// `run` compiled with AVX2.
+    Avx2,
+    /// Mask trees 16 rows at a time (`mask::avx512`).
+    Avx512,
+}
+
+impl Path {
+    /// The forms this CPU runs.
+    pub(super) fn available() -> Vec<Path> {
+        #[allow(unused_mut)]
+        let mut paths = vec![Path::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") {
+                paths.push(Path::Avx2);
+                if has!("avx512f") && has!("avx512cd") {
+                    paths.push(Path::Avx512);
+                }
+            }
+        }
+        paths
+    }
+}
+
 #[derive(Debug)]
 pub struct Kernel {
     layouts: Vec<Layout>,
@@ -96,14 +129,47 @@ pub struct Kernel {
     single_output: Vec<Option<u32>>,
     /// Parallel to `mask_leaves`: the leaf's weight when its tree has a `single_output`.
     mask_values: Vec<f64>,
-    /// The CPU has AVX2: `run` is compiled a second time for it.
-    avx2: bool,
+    /// `mask_values` in the sums' precision (`f32` or `f64`, the other one empty), each
+    /// tree's padded (`mask::pad_values`) for the AVX-512 form; per tree, where its values
+    /// start.
+    wide_values32: Vec<f32>,
+    wide_values64: Vec<f64>,
+    wide_values_at: Vec<usize>,
+    /// The fastest form this CPU runs.
+    path: Path,
     /// Per leaf id, its range in `weights`.
     leaves: Vec<(u32, u32)>,
     weights: Vec<(u32, f64)>,
     single_precision: bool,
     /// Some split treats zero as missing (LightGBM's missing type Zero).
     zero_special: bool,
+}
+
+/// A lane type of the AVX-512 form and where the kernel keeps its splits and values.
+#[cfg(target_arch = "x86_64")]
+trait WideLane: mask::avx512::Lane + Acc {
+    fn splits(k: &Kernel) -> &[mask::Split<Self>];
+    fn values(k: &Kernel) -> &[Self];
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WideLane for f32 {
+    fn splits(k: &Kernel) -> &[mask::Split<f32>] {
+        &k.mask_splits32
+    }
+    fn values(k: &Kernel) -> &[f32] {
+        &k.wide_values32
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WideLane for f64 {
+    fn splits(k: &Kernel) -> &[mask::Split<f64>] {
+        &k.mask_splits
+    }
+    fn values(k: &Kernel) -> &[f64] {
+        &k.wide_values64
+    }
 }
 
 /// The two accumulator precisions.
@@ -156,10 +222,13 @@ impl Kernel {
             mask_leaves: Vec::new(),
             single_output: Vec::with_capacity(e.trees.len()),
             mask_values: Vec::new(),
-            #[cfg(target_arch = "x86_64")]
-            avx2: std::arch::is_x86_feature_detected!("avx2"),
-            #[cfg(not(target_arch = "x86_64"))]
-            avx2: false,
+            wide_values32: Vec::new(),
+            wide_values64: Vec::new(),
+            wide_values_at: Vec::with_capacity(e.trees.len()),
+            path: Path::available()
+                .into_iter()
+                .last()
+                .unwrap_or(Path::Portable),
             leaves: Vec::new(),
             weights: Vec::new(),
             single_precision: e.format.single_precision(),
@@ -204,6 +273,12 @@ impl Kernel {
                 },
             };
             let depth = depth(tree);
+            // Where this tree's `f32` values start, if it is a mask tree.
+            k.wide_values_at.push(if k.single_precision {
+                k.wide_values32.len()
+            } else {
+                k.wide_values64.len()
+            });
             let mut outputs = tree.nodes.iter().filter_map(|n| match n {
                 Node::Leaf { weights } => Some(match weights.as_slice() {
                     [(o, _)] => Some(*o),
@@ -233,6 +308,13 @@ impl Kernel {
                                 _ => 0.0,
                             }
                         }));
+                        let values = &k.mask_values[l..];
+                        if k.single_precision {
+                            let narrow: Vec<f32> = values.iter().map(|v| *v as f32).collect();
+                            mask::pad_values(&narrow, &mut k.wide_values32);
+                        } else {
+                            mask::pad_values(values, &mut k.wide_values64);
+                        }
                         (s..k.mask_splits.len(), l..k.mask_leaves.len())
                     }),
             );
@@ -306,12 +388,17 @@ impl Kernel {
 
     /// Each row's accumulators after every tree (`n_outputs` per row, row-major).
     pub fn sums(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        self.sums_on(self.path, e, rows)
+    }
+
+    /// `sums` in the given form, which the CPU must run (`Path::available`).
+    pub(super) fn sums_on(&self, path: Path, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         let (nf, width) = (e.features.len(), e.n_outputs);
         let n = rows.len() / nf;
         let special: Vec<bool> = rows.chunks_exact(nf).map(|r| !self.plain(r)).collect();
         let n_special = special.iter().filter(|s| **s).count();
         if n_special == 0 || n_special == n {
-            return self.run_in_precision(e, rows);
+            return self.run_on(path, e, rows);
         }
         // Rows with a missing value grouped after the others, so that the blocks of complete
         // rows take the plain steps; each row's sums are its own, so order is free.
@@ -323,7 +410,7 @@ impl Kernel {
             .iter()
             .flat_map(|r| rows[r * nf..(r + 1) * nf].iter().copied())
             .collect();
-        let sums = self.run_in_precision(e, &permuted);
+        let sums = self.run_on(path, e, &permuted);
         let mut out = vec![0.0; n * width];
         for (i, r) in order.into_iter().enumerate() {
             out[r * width..(r + 1) * width].copy_from_slice(&sums[i * width..(i + 1) * width]);
@@ -331,9 +418,23 @@ impl Kernel {
         out
     }
 
-    pub(super) fn run_in_precision(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+    /// Each row's accumulators in the given form, which the CPU must run
+    /// (`Path::available`), rows in any order.
+    pub(super) fn run_on(&self, path: Path, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
+        if path == Path::Avx512 {
+            // SAFETY: `Path::available` lists AVX-512 only for a CPU with avx2, avx512f and
+            // avx512cd, all `run_avx512` asks for.
+            return unsafe {
+                if self.single_precision {
+                    self.run_avx512::<f32>(e, rows)
+                } else {
+                    self.run_avx512::<f64>(e, rows)
+                }
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if path != Path::Portable {
             // SAFETY: `avx2` says the CPU has AVX2, all `run_avx2` asks for.
             return unsafe {
                 if self.single_precision {
@@ -357,6 +458,94 @@ impl Kernel {
     #[target_feature(enable = "avx2")]
     unsafe fn run_avx2<A: Acc>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
         self.run::<A>(e, rows)
+    }
+
+    /// `run` with AVX-512: every mask tree takes tiles of 64 rows, 4 blocks of 16
+    /// (`mask::avx512`), a short last tile padded with copies of its last row, whose sums
+    /// are not kept. Other trees, and tiles with a zero some split treats as missing, take
+    /// the level or walking form row by row. A tile's sums are kept output-major, so that a
+    /// tree whose leaves all add to one output adds 16 rows' values at once; each is still
+    /// one addition per tree in tree order, in the sums' precision.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512cd")]
+    fn run_avx512<V: WideLane>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
+        use mask::avx512::{self as wide, BLOCKS, TILE, WIDE};
+        let nf = e.features.len();
+        let width = e.n_outputs;
+        let n_rows = rows.len() / nf;
+        let base: Vec<V> = e.base.iter().map(|b| <V as Acc>::of(*b)).collect();
+        let mut out = Vec::with_capacity(n_rows * width);
+        let mut major: Vec<V> = Vec::with_capacity(TILE * nf);
+        // Output `o` of the tile's row `r` at `o * TILE + r`.
+        let mut sums: Vec<V> = Vec::with_capacity(width * TILE);
+        let (all_splits, all_values) = (V::splits(self), V::values(self));
+        for tile in rows.chunks(TILE * nf) {
+            let n = tile.len() / nf;
+            if n == 0 {
+                // Only a ragged end shorter than a row; `set_tile` needs one.
+                continue;
+            }
+            let class = self.class(tile);
+            wide::set_tile(&mut major, nf, tile, n);
+            sums.clear();
+            for b in &base {
+                sums.extend(std::iter::repeat_n(*b, TILE));
+            }
+            for (t, layout) in self.layouts.iter().enumerate() {
+                let Some((splits, leaves)) = self.masks[t]
+                    .as_ref()
+                    .filter(|_| class != Class::ZeroSpecial)
+                else {
+                    for r in 0..n {
+                        let leaf = self.leaf_of_row(*layout, &tile[r * nf..(r + 1) * nf]);
+                        self.add_major(leaf, &mut sums, r);
+                    }
+                    continue;
+                };
+                let s = &all_splits[splits.clone()];
+                let found = match (leaves.len() <= 32, class == Class::Plain) {
+                    (true, true) => wide::leaves_narrow::<V, false>(s, &major),
+                    (true, false) => wide::leaves_narrow::<V, true>(s, &major),
+                    (false, true) => wide::leaves_wide::<V, false>(s, &major),
+                    (false, false) => wide::leaves_wide::<V, true>(s, &major),
+                };
+                if let Some(o) = self.single_output[t] {
+                    let at = self.wide_values_at[t];
+                    let values = &all_values[at..at + mask::padded_len(leaves.len())];
+                    let at = o as usize * TILE;
+                    let lanes: &mut [[V; WIDE]; BLOCKS] =
+                        match sums[at..at + TILE].as_chunks_mut::<WIDE>().0.try_into() {
+                            Ok(s) => s,
+                            // invariant: the range is TILE long, BLOCKS chunks of WIDE.
+                            Err(_) => unreachable!(),
+                        };
+                    for (found, lanes) in found.into_iter().zip(lanes) {
+                        // SAFETY: this function's features include avx512f.
+                        unsafe { V::add_values(found, values, lanes) };
+                    }
+                    continue;
+                }
+                let ids = &self.mask_leaves[leaves.clone()];
+                let found = found.map(|f| wide::to_array(f));
+                for r in 0..n {
+                    self.add_major(ids[found[r / WIDE][r % WIDE] as usize], &mut sums, r);
+                }
+            }
+            for r in 0..n {
+                out.extend((0..width).map(|o| sums[o * TILE + r].get()));
+            }
+        }
+        out
+    }
+
+    /// `add` for a tile's output-major sums (`run_avx512`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn add_major<A: Acc>(&self, leaf: u32, sums: &mut [A], row: usize) {
+        let (start, end) = self.leaves[leaf as usize];
+        for &(o, w) in &self.weights[start as usize..end as usize] {
+            sums[o as usize * mask::avx512::TILE + row].add(w);
+        }
     }
 
     #[inline(always)]
@@ -451,22 +640,7 @@ impl Kernel {
                     .chunks_exact(nf)
                     .zip(tile_acc[full * width..].chunks_exact_mut(width))
                 {
-                    let leaf = match *layout {
-                        Layout::Perfect {
-                            depth,
-                            steps,
-                            slots,
-                        } => {
-                            let mut i = 0usize;
-                            for _ in 0..depth {
-                                let s = self.steps[steps as usize + i];
-                                i = 2 * i + 2 - usize::from(s.yes(row[s.feature as usize]));
-                            }
-                            self.slots[slots as usize + i - ((1usize << depth) - 1)]
-                        }
-                        Layout::Walk { root } => self.walk(root, row),
-                    };
-                    self.add(leaf, sums);
+                    self.add(self.leaf_of_row(*layout, row), sums);
                 }
             }
         }
@@ -545,6 +719,26 @@ impl Kernel {
         let first = (1usize << depth) - 1;
         let slots = &self.slots[slots as usize..];
         at.map(|i| slots[i - first])
+    }
+
+    /// One row's leaf by the level or walking form.
+    #[inline(always)]
+    fn leaf_of_row(&self, layout: Layout, row: &[f64]) -> u32 {
+        match layout {
+            Layout::Perfect {
+                depth,
+                steps,
+                slots,
+            } => {
+                let mut i = 0usize;
+                for _ in 0..depth {
+                    let s = self.steps[steps as usize + i];
+                    i = 2 * i + 2 - usize::from(s.yes(row[s.feature as usize]));
+                }
+                self.slots[slots as usize + i - ((1usize << depth) - 1)]
+            }
+            Layout::Walk { root } => self.walk(root, row),
+        }
     }
 
     #[inline]

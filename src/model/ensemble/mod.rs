@@ -234,11 +234,17 @@ impl Ensemble {
 
     /// Predictions for rows of `features.len()` values each; NaN is a missing value.
     pub fn predict_rows(&self, rows: &[f64]) -> Vec<Prediction> {
+        self.predict_rows_on(None, rows)
+    }
+
+    /// `predict_rows` in the kernel's given form (`kernel::Path::available`), else its own.
+    fn predict_rows_on(&self, path: Option<kernel::Path>, rows: &[f64]) -> Vec<Prediction> {
         let n = self.features.len();
         let prepared = self.prepare(rows);
-        let sums = match &self.kernel {
-            Some(k) => k.sums(self, &prepared),
-            None => Vec::new(),
+        let sums = match (&self.kernel, path) {
+            (Some(k), Some(path)) => k.sums_on(path, self, &prepared),
+            (Some(k), None) => k.sums(self, &prepared),
+            (None, _) => Vec::new(),
         };
         let width = self.n_outputs;
         prepared
@@ -636,8 +642,17 @@ mod deep_tree_tests {
                 "{narrow} narrow of {}",
                 kernel.n_masked()
             );
-            let fast = e.predict_rows(&rows);
-            assert_eq!(fast, e.predict_rows_walked(&rows), "{format:?}");
+            let walked = e.predict_rows_walked(&rows);
+            assert_eq!(e.predict_rows(&rows), walked, "{format:?}");
+            // Every form this CPU runs (portable, AVX2, AVX-512) on its own.
+            for path in kernel::Path::available() {
+                let fast = e.predict_rows_on(Some(path), &rows);
+                assert_eq!(fast, walked, "{format:?} {path:?}");
+                // A last block of 16 rows that is not full (5 rows of padding).
+                let n = 1003;
+                let part = e.predict_rows_on(Some(path), &rows[..3 * n]);
+                assert_eq!(part, walked[..n], "{format:?} {path:?} part");
+            }
             // In blocks of 8 in any order, so that a row with a missing value shares its
             // block with complete rows (`predict_rows` groups them apart).
             let shuffled: Vec<f64> = (0..rows.len() / 3)
@@ -645,8 +660,11 @@ mod deep_tree_tests {
                 .flat_map(|r| rows[r * 3..r * 3 + 3].iter().copied())
                 .collect();
             let prepared = e.prepare(&shuffled);
-            let mixed = kernel.run_in_precision(&e, &prepared);
-            assert_eq!(mixed, kernel.sums(&e, &prepared), "{format:?} mixed blocks");
+            let grouped = kernel.sums(&e, &prepared);
+            for path in kernel::Path::available() {
+                let mixed = kernel.run_on(path, &e, &prepared);
+                assert_eq!(mixed, grouped, "{format:?} {path:?} mixed blocks");
+            }
             assert_eq!(
                 e.predict_rows(&shuffled),
                 e.predict_rows_walked(&shuffled),
@@ -698,6 +716,13 @@ mod deep_tree_tests {
             serde_json::Value::Null,
         )
         .unwrap();
-        assert_eq!(e.predict_rows(&rows), e.predict_rows_walked(&rows), "zero");
+        let walked = e.predict_rows_walked(&rows);
+        for path in kernel::Path::available() {
+            assert_eq!(
+                e.predict_rows_on(Some(path), &rows),
+                walked,
+                "zero {path:?}"
+            );
+        }
     }
 }
