@@ -60,6 +60,8 @@ struct MaskTree {
     splits: Range<usize>,
     /// This tree's part of `Forest::mask_probs`.
     probs: Range<usize>,
+    /// This tree's part of `Forest::class_values`.
+    class_values: Range<usize>,
 }
 
 /// The scoring form of a forest: every tree's nodes in one array.
@@ -80,6 +82,9 @@ pub struct Forest {
     /// The distributions of each mask tree's leaves in left-to-right order, so that the
     /// leaf number is the index.
     mask_probs: Vec<Lanes>,
+    /// The same per class: each mask tree's leaf weights of class 0 in leaf order, padded
+    /// by `mask::pad_values`, then class 1, and so on, for the AVX-512 tiles' look-ups.
+    class_values: Vec<f32>,
 }
 
 /// How `predict_proba` takes rows through the mask trees: 8 at a time in general-purpose
@@ -211,6 +216,8 @@ impl Forest {
 
         let mut splits = Vec::new();
         let mut mask_probs = Vec::new();
+        let mut class_values = Vec::new();
+        let mut one_class = Vec::new();
         let (mut tree_splits, mut leaves) = (Vec::new(), Vec::new());
         let masks = roots
             .iter()
@@ -239,9 +246,20 @@ impl Forest {
                     let leaf = leaf as usize;
                     mask_probs.extend_from_slice(&leaf_probs[leaf..leaf + lanes]);
                 }
+                let first_value = class_values.len();
+                for class in 0..n_classes {
+                    one_class.clear();
+                    one_class.extend(
+                        leaves
+                            .iter()
+                            .map(|&leaf| leaf_probs[leaf as usize + class / 4][class % 4]),
+                    );
+                    mask::pad_values(&one_class, &mut class_values);
+                }
                 Some(MaskTree {
                     splits: first_split..splits.len(),
                     probs: first_prob..mask_probs.len(),
+                    class_values: first_value..class_values.len(),
                 })
             })
             .collect();
@@ -256,6 +274,7 @@ impl Forest {
             masks,
             splits,
             mask_probs,
+            class_values,
         })
     }
 
@@ -382,32 +401,51 @@ impl Forest {
             wide::set_tile::<f64>(&mut tile, n_features, &comparable[first * n_features..], n);
             tiles.extend_from_slice(&tile);
         }
+        // Class `c` of the tile's row `r` at `c * TILE + r` within the tile's part, so that a
+        // tree's leaf weights are added 16 rows at a time by register look-ups.
+        let n_classes = self.n_classes;
+        let per_tile = n_classes * TILE;
+        let mut major = vec![0f32; tiles.len() / (TILE * n_features) * per_tile];
         for (&root, mask) in self.roots.iter().zip(&self.masks) {
             let Some(tree) = mask else {
-                for (r, sums) in sums.chunks_exact_mut(w).enumerate() {
+                for r in 0..n_rows {
                     let row = &values[r * n_features..(r + 1) * n_features];
                     let leaf = self.leaf_of(root, row) as usize;
-                    add(sums, &self.leaf_probs[leaf..leaf + w]);
+                    let at = r / TILE * per_tile + r % TILE;
+                    for class in 0..n_classes {
+                        major[at + class * TILE] += self.leaf_probs[leaf + class / 4][class % 4];
+                    }
                 }
                 continue;
             };
             let splits = &self.splits[tree.splits.clone()];
-            let probs = &self.mask_probs[tree.probs.clone()];
-            let narrow = probs.len() / w <= 32;
-            for (t, tile) in tiles.chunks_exact(TILE * n_features).enumerate() {
+            let class_values = &self.class_values[tree.class_values.clone()];
+            let padded = class_values.len() / n_classes;
+            let narrow = padded <= 32;
+            for (tile, sums) in tiles
+                .chunks_exact(TILE * n_features)
+                .zip(major.chunks_exact_mut(per_tile))
+            {
                 let found = if narrow {
                     wide::leaves_narrow::<f64, false>(splits, tile)
                 } else {
                     wide::leaves_wide::<f64, false>(splits, tile)
                 };
-                let found = found.map(|f| wide::to_array(f));
-                let first = t * TILE;
-                let rows_here = (n_rows - first).min(TILE);
-                let tile_sums = &mut sums[first * w..(first + rows_here) * w];
-                for (r, sums) in tile_sums.chunks_exact_mut(w).enumerate() {
-                    let leaf = found[r / WIDE][r % WIDE] as usize;
-                    add(sums, &probs[leaf * w..(leaf + 1) * w]);
+                for (values, sums) in class_values
+                    .chunks_exact(padded)
+                    .zip(sums.chunks_exact_mut(TILE))
+                {
+                    for (found, sums) in found.iter().zip(sums.as_chunks_mut::<WIDE>().0) {
+                        // SAFETY: this function's features include avx512f.
+                        unsafe { <f32 as wide::Lane>::add_values(*found, values, sums) };
+                    }
                 }
+            }
+        }
+        for (r, sums) in sums.chunks_exact_mut(w).enumerate() {
+            let at = r / TILE * per_tile + r % TILE;
+            for class in 0..n_classes {
+                sums[class / 4][class % 4] = major[at + class * TILE];
             }
         }
     }
