@@ -707,10 +707,17 @@ async fn scale_one_three_one(case: &str, flags: &[&str]) -> ScaleRun {
     run
 }
 
+/// What at-least-once promises through a scale step: an instance that gives partitions up
+/// repeats at most its own uncommitted tail, and only when the broker refuses the commit made
+/// on the revoke. Three instances give partitions up here (the first on the join, the second
+/// and the third on the leave). librdkafka's mock refuses commits while the group rebalances
+/// (`RebalanceInProgress`, dozens of times per run in the services' logs); usually the
+/// revoke's own commit then gets through and nothing repeats, but under the full suite's
+/// load one run repeated 1,717 records: more than one tail, within three.
 fn assert_within_the_tail(run: &ScaleRun) {
     assert!(
-        run.tally.duplicates <= UNCOMMITTED_TAIL,
-        "a graceful rebalance repeats nothing beyond the uncommitted tail: {run:?}"
+        run.tally.duplicates <= 3 * UNCOMMITTED_TAIL,
+        "a graceful rebalance repeats nothing beyond the uncommitted tails: {run:?}"
     );
 }
 
