@@ -20,10 +20,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Offset, TopicPartitionList};
 
 use common::*;
 use tls_support::*;
@@ -215,39 +212,13 @@ async fn iris_pipeline_runs_over_sasl_ssl_with_scram() {
         .expect("service starts");
     let service = Reaped(service);
 
-    let consumer: StreamConsumer = broker
-        .client()
-        .set("group.id", unique("sasl-collector"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("collector");
-    let mut tpl = TopicPartitionList::new();
-    for topic in [&topics.output, &topics.dead_letters] {
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("partition added");
-        }
-    }
-    consumer.assign(&tpl).expect("assigned");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let (mut ids, mut dead_letters) = (Vec::new(), 0);
-    while ids.len() + dead_letters < N + broken {
-        let message = tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break,
-            m = consumer.recv() => m,
-        };
-        let Ok(m) = message else { continue };
-        if m.topic() == topics.dead_letters {
-            dead_letters += 1;
-        } else if let Some(id) = m
-            .payload()
-            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-            .and_then(|v| v["id"].as_u64())
-        {
-            ids.push(id);
-        }
-    }
+    let (values, dead_letters) =
+        collect_outputs(broker.client(), &topics, PARTITIONS, N + broken).await;
+    let mut ids: Vec<u64> = values
+        .iter()
+        .filter_map(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .filter_map(|v| v["id"].as_u64())
+        .collect();
     let _ = Command::new("kill")
         .args(["-TERM", &service.0.id().to_string()])
         .status();

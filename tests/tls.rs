@@ -16,10 +16,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 use common::*;
 use tls_support::*;
@@ -157,45 +154,6 @@ async fn produce_over_tls(broker: &TlsBroker, with_cert: bool, topic: &str, brok
     }
 }
 
-/// Reads output and dead-letter topics over TLS until `count` records or the timeout.
-async fn collect_over_tls(
-    broker: &TlsBroker,
-    with_cert: bool,
-    topics: &Topics,
-    count: usize,
-) -> (Vec<Vec<u8>>, usize) {
-    let consumer: StreamConsumer = broker
-        .client(with_cert)
-        .set("group.id", unique("tls-collector"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("collector");
-    let mut tpl = TopicPartitionList::new();
-    for topic in [&topics.output, &topics.dead_letters] {
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("partition added");
-        }
-    }
-    consumer.assign(&tpl).expect("assigned");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let (mut outputs, mut dead_letters) = (Vec::new(), 0);
-    while outputs.len() + dead_letters < count {
-        let message = tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break,
-            m = consumer.recv() => m,
-        };
-        let Ok(m) = message else { continue };
-        if m.topic() == topics.dead_letters {
-            dead_letters += 1;
-        } else {
-            outputs.push(m.payload().unwrap_or_default().to_vec());
-        }
-    }
-    (outputs, dead_letters)
-}
-
 async fn scored_over_tls(require_client_cert: bool) {
     let Some(broker) = TlsBroker::start(require_client_cert) else {
         return;
@@ -219,8 +177,13 @@ async fn scored_over_tls(require_client_cert: bool) {
     let service = plain
         .start_service_with(config, &repo_path(IRIS_MODEL), None)
         .await;
-    let (outputs, dead_letters) =
-        collect_over_tls(&broker, require_client_cert, &topics, N + broken).await;
+    let (outputs, dead_letters) = collect_outputs(
+        broker.client(require_client_cert),
+        &topics,
+        PARTITIONS,
+        N + broken,
+    )
+    .await;
     service.stop().await.expect("clean shutdown");
 
     let mut ids: Vec<u64> = outputs

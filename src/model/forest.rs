@@ -99,11 +99,8 @@ enum Form {
 impl Form {
     fn fastest() -> Self {
         #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512cd") {
-                return Form::Tiles;
-            }
+        if mask::avx512::available() {
+            return Form::Tiles;
         }
         Form::Blocks
     }
@@ -390,16 +387,12 @@ impl Forest {
         use mask::avx512::{self as wide, TILE, WIDE};
         let n_features = self.n_features;
         let w = self.lanes;
-        let comparable: Vec<f64> = values[..n_rows * n_features]
-            .iter()
-            .map(|&v| mask::comparable(v))
-            .collect();
         let mut tiles = Vec::with_capacity(n_rows.div_ceil(TILE) * TILE * n_features);
         let mut tile = Vec::with_capacity(TILE * n_features);
         for first in (0..n_rows).step_by(TILE) {
             let n = (n_rows - first).min(TILE);
-            wide::set_tile::<f64>(&mut tile, n_features, &comparable[first * n_features..], n);
-            tiles.extend_from_slice(&tile);
+            wide::set_tile::<f64>(&mut tile, n_features, &values[first * n_features..], n);
+            tiles.extend(tile.iter().map(|&v| mask::comparable(v)));
         }
         // Class `c` of the tile's row `r` at `c * TILE + r` within the tile's part, so that a
         // tree's leaf weights are added 16 rows at a time by register look-ups.

@@ -1,6 +1,7 @@
 //! Throw-away TLS for tests against tansu: a CA and certificates made with the `openssl` CLI,
 //! and stunnel terminating TLS in front of a plaintext broker (tansu 0.6 cannot switch TLS on
-//! from its command line). Shared by tests/tls.rs and tests/sasl.rs.
+//! from its command line), and the reader of what the service wrote through such a broker.
+//! Shared by tests/tls.rs and tests/sasl.rs.
 
 #![allow(dead_code)]
 
@@ -144,4 +145,47 @@ pub fn stunnel(dir: &Path, tls: u16, plain: u16, require_client_cert: bool) -> R
     let proxy = Reaped(proxy);
     wait_listening(tls, "stunnel");
     proxy
+}
+
+/// Reads the output and dead-letter topics from the beginning with `client` (a TLS or
+/// SASL_SSL client of the broker) until `count` records or 90 s: the outputs' values and the
+/// number of dead letters.
+pub async fn collect_outputs(
+    mut client: rdkafka::config::ClientConfig,
+    topics: &crate::common::Topics,
+    partitions: i32,
+    count: usize,
+) -> (Vec<Vec<u8>>, usize) {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: StreamConsumer = client
+        .set("group.id", crate::common::unique("tls-collector"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("collector");
+    let mut tpl = TopicPartitionList::new();
+    for topic in [&topics.output, &topics.dead_letters] {
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("partition added");
+        }
+    }
+    consumer.assign(&tpl).expect("assigned");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let (mut outputs, mut dead_letters) = (Vec::new(), 0);
+    while outputs.len() + dead_letters < count {
+        let message = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            m = consumer.recv() => m,
+        };
+        let Ok(m) = message else { continue };
+        if m.topic() == topics.dead_letters {
+            dead_letters += 1;
+        } else {
+            outputs.push(m.payload().unwrap_or_default().to_vec());
+        }
+    }
+    (outputs, dead_letters)
 }

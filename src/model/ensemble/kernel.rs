@@ -101,7 +101,7 @@ impl Path {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") {
                 paths.push(Path::Avx2);
-                if has!("avx512f") && has!("avx512cd") {
+                if mask::avx512::available() {
                     paths.push(Path::Avx512);
                 }
             }

@@ -22,6 +22,12 @@ use std::arch::x86_64::{
 
 use super::Split;
 
+/// Whether this CPU runs this form: every function here needs avx512f and avx512cd.
+pub fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512cd")
+}
+
 /// Rows in one block of this form: the `f32` lanes of a 512-bit register.
 pub const WIDE: usize = 16;
 
