@@ -33,6 +33,9 @@ pub struct E2eFigures {
     /// CPU of the scorer's own process over the run; absent for the ceiling, which has no
     /// process of its own.
     cpu_us_per_record: Option<f64>,
+    /// CPU of this process over the run: the generator, the reader and, on the embedded
+    /// mock, the broker. With the scorer's own, it is what the two cores were asked for.
+    harness_cpu_us_per_record: f64,
     peak_rss_mb: Option<f64>,
 }
 
@@ -103,7 +106,7 @@ pub async fn run(
     }
     let partitions = args.partitions;
 
-    let ceiling_seconds = drive(
+    let ceiling_run = drive(
         brokers,
         &topics.loopback,
         &topics.loopback,
@@ -115,7 +118,7 @@ pub async fn run(
     let ceiling = figures(
         "loopback ceiling (generator reads its own topic)",
         records,
-        ceiling_seconds,
+        &ceiling_run,
         None,
         None,
     );
@@ -131,7 +134,7 @@ pub async fn run(
     )?;
     wait_ready(&mut child, Duration::from_secs(60)).await?;
     let (cpu_before, _) = process_usage(child.child.id())?;
-    let seconds = drive(
+    let service_run = drive(
         brokers,
         &topics.service_in,
         &topics.service_out,
@@ -145,7 +148,7 @@ pub async fn run(
     let streamscore = figures(
         "streamscore, forest (defaults)",
         records,
-        seconds,
+        &service_run,
         Some((cpu_after - cpu_before) * 1e6 / records.max(1) as f64),
         Some(peak_rss_mb),
     );
@@ -191,16 +194,17 @@ pub async fn run(
 fn figures(
     name: &str,
     records: usize,
-    seconds: f64,
+    run: &Drive,
     cpu_us_per_record: Option<f64>,
     peak_rss_mb: Option<f64>,
 ) -> E2eFigures {
     E2eFigures {
         name: name.to_owned(),
         records,
-        seconds,
-        records_per_second: records as f64 / seconds.max(1e-9),
+        seconds: run.seconds,
+        records_per_second: records as f64 / run.seconds.max(1e-9),
         cpu_us_per_record,
+        harness_cpu_us_per_record: run.harness_cpu_seconds * 1e6 / records.max(1) as f64,
         peak_rss_mb,
     }
 }
@@ -229,8 +233,8 @@ async fn drive_peer(
         let _ = kill(child);
         return Err(e);
     }
-    let seconds = match drive(brokers, input, output, partitions, records).await {
-        Ok(seconds) => seconds,
+    let run = match drive(brokers, input, output, partitions, records).await {
+        Ok(run) => run,
         Err(e) => {
             let _ = kill(child);
             return Err(e);
@@ -243,7 +247,7 @@ async fn drive_peer(
     Ok(figures(
         &peer.name,
         records,
-        seconds,
+        &run,
         peer.cpu_us_per_record,
         None,
     ))
@@ -266,14 +270,14 @@ async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<()> {
 }
 
 /// Produces `records` records to `input` as fast as the producer takes them while reading
-/// `output` from its beginning; returns seconds from the first send to the `records`-th read.
+/// `output` from its beginning, timed from the first send to the `records`-th read.
 async fn drive(
     brokers: &str,
     input: &str,
     output: &str,
     partitions: i32,
     records: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Drive> {
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("bench-e2e-reader-{output}"))
@@ -294,6 +298,7 @@ async fn drive(
 
     warm_up_reader(&reader, &generator, output, partitions)?;
 
+    let (harness_cpu_before, _) = process_usage(std::process::id())?;
     let started = Instant::now();
     let input = input.to_owned();
     let sender = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -331,11 +336,20 @@ async fn drive(
     });
     let received = received.await??;
     let seconds = started.elapsed().as_secs_f64();
+    let (harness_cpu_after, _) = process_usage(std::process::id())?;
     sender.await??;
     if received < records {
         bail!("only {received} of {records} outputs were read back in time");
     }
-    Ok(seconds)
+    Ok(Drive {
+        seconds,
+        harness_cpu_seconds: harness_cpu_after - harness_cpu_before,
+    })
+}
+
+struct Drive {
+    seconds: f64,
+    harness_cpu_seconds: f64,
 }
 
 /// A fresh consumer takes about half a second on the mock broker to look up its
@@ -384,20 +398,21 @@ pub fn print(r: &E2eReport, json: bool) -> anyhow::Result<()> {
         r.broker, r.partitions, r.records
     );
     println!(
-        "{:<52} {:>8} {:>11} {:>9} {:>8}",
-        "run", "seconds", "records/s", "cpu µs/r", "peak MB"
+        "{:<52} {:>8} {:>11} {:>9} {:>10} {:>8}",
+        "run", "seconds", "records/s", "cpu µs/r", "harness µs", "peak MB"
     );
     let rows = [Some(&r.ceiling), Some(&r.streamscore)]
         .into_iter()
         .chain([r.python_copy.as_ref(), r.python_sklearn.as_ref()]);
     for f in rows.flatten() {
         println!(
-            "{:<52} {:>8.2} {:>11.0} {:>9} {:>8}",
+            "{:<52} {:>8.2} {:>11.0} {:>9} {:>10.2} {:>8}",
             f.name,
             f.seconds,
             f.records_per_second,
             f.cpu_us_per_record
                 .map_or("-".into(), |c| format!("{c:.2}")),
+            f.harness_cpu_us_per_record,
             f.peak_rss_mb.map_or("-".into(), |m| format!("{m:.1}")),
         );
     }
