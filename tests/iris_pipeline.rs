@@ -30,6 +30,7 @@ async fn every_valid_record_is_scored_exactly_once_with_key_and_id() {
         .collect();
     broker.produce(&topics.input, &inputs).await;
 
+    let before_start = epoch_ms();
     let service = broker
         .start_service(&topics, &unique("group"), &repo_path(IRIS_MODEL))
         .await;
@@ -38,6 +39,7 @@ async fn every_valid_record_is_scored_exactly_once_with_key_and_id() {
     let outputs = broker
         .collect(&both, PARTITIONS, N, Duration::from_secs(90))
         .await;
+    let after_collect = epoch_ms();
     eprintln!("{} outputs after {:?}", outputs.len(), started.elapsed());
     service.stop().await.expect("clean shutdown");
     // Once stopped, re-read everything: a stray extra record would show up now.
@@ -67,6 +69,14 @@ async fn every_valid_record_is_scored_exactly_once_with_key_and_id() {
         );
         assert!(json["model_version"].as_str().unwrap().starts_with("rf-"));
         assert!(json["offset"].is_i64() && json["partition"].is_i64());
+        // Stamped by the service when it produced the output, in milliseconds.
+        match out.timestamp {
+            rdkafka::Timestamp::CreateTime(ms) => assert!(
+                (before_start..=after_collect).contains(&ms),
+                "output {id} created at {ms}, outside the run ({before_start}..={after_collect})"
+            ),
+            other => panic!("output {id} has no creation time: {other:?}"),
+        }
         let (_, species) = &rows[id % rows.len()];
         correct += usize::from(json["label"] == species.as_str());
     }
@@ -286,4 +296,11 @@ async fn a_stopped_service_resumes_from_its_commits_without_losing_records() {
         "restart: {N} inputs, {} outputs, {duplicates} duplicates",
         outputs.len()
     );
+}
+
+fn epoch_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970");
+    i64::try_from(since.as_millis()).expect("milliseconds fit in i64")
 }

@@ -3,7 +3,7 @@
 //! record costs one enqueue into librdkafka and nothing per record afterwards.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use rdkafka::config::ClientConfig;
@@ -117,12 +117,17 @@ impl Sink {
         mut give_up: impl FnMut() -> bool,
     ) -> anyhow::Result<Destinations> {
         let mut destinations = Destinations::default();
+        // One creation time for the batch's records, which are produced within the same
+        // millisecond or two anyway: left unset, librdkafka reads the wall clock once per
+        // record (about 40 ns each here, a percent of the service's CPU per record).
+        let created = batch_timestamp_ms();
         for (sent, (input, outcome)) in inputs.iter().zip(outcomes).enumerate() {
             let result = match outcome {
                 Outcome::Scored(value) => {
                     let mut record =
                         BaseRecord::with_opaque_to(&self.output_topic, Arc::clone(acks))
-                            .payload(value.as_slice());
+                            .payload(value.as_slice())
+                            .timestamp(created);
                     if let Some(key) = input.key() {
                         record = record.key(key);
                     }
@@ -137,7 +142,8 @@ impl Sink {
                         dead_letter_headers(input, rejection.reason.code(), &rejection.detail);
                     let mut record =
                         BaseRecord::with_opaque_to(&self.dead_letter_topic, Arc::clone(acks))
-                            .headers(headers);
+                            .headers(headers)
+                            .timestamp(created);
                     if let Some(key) = input.key() {
                         record = record.key(key);
                     }
@@ -301,6 +307,16 @@ pub fn producer_settings(config: &PipelineConfig) -> ClientConfig {
         client.set(key, value);
     }
     client
+}
+
+/// Milliseconds since the epoch, the records' CreateTime. A clock before 1970 gives 0,
+/// which librdkafka replaces with its own reading.
+fn batch_timestamp_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 /// A dead letter too large for the dead-letter topic keeps its key and headers, loses its

@@ -330,6 +330,7 @@ impl TestBroker {
             out.push(Collected {
                 topic: m.topic().to_owned(),
                 partition: m.partition(),
+                timestamp: m.timestamp(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec),
                 headers: m
@@ -458,6 +459,7 @@ impl MockBrokers {
 pub struct Collected {
     pub topic: String,
     pub partition: i32,
+    pub timestamp: rdkafka::Timestamp,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
