@@ -323,6 +323,34 @@ fn decode(c: &mut Criterion) {
             }
         })
     });
+    // The format's own library on the same records, as a plain serde user would read them:
+    // a derived struct of the four features and the id borrowed raw.
+    #[derive(serde::Deserialize)]
+    struct IrisRecord<'a> {
+        #[serde(borrow)]
+        id: Option<&'a serde_json::value::RawValue>,
+        sepal_length: f64,
+        sepal_width: f64,
+        petal_length: f64,
+        petal_width: f64,
+    }
+    group.bench_function("iris_features_serde_derive", |b| {
+        b.iter(|| {
+            for text in &records {
+                let decoded = serde_json::from_str::<IrisRecord>(black_box(text));
+                black_box(
+                    decoded
+                        .map(|r| {
+                            (
+                                r.id.is_some(),
+                                r.sepal_length + r.sepal_width + r.petal_length + r.petal_width,
+                            )
+                        })
+                        .is_ok(),
+                );
+            }
+        })
+    });
     // A wide model: how a field finds its feature matters more the more features there are.
     let names: Vec<String> = (0..100).map(|i| format!("feature_{i:03}")).collect();
     let wide: Vec<String> = (0..150)
