@@ -384,7 +384,7 @@ impl Forest {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512cd")]
     fn tile_sums(&self, values: &[f64], n_rows: usize, sums: &mut [Lanes]) {
-        use mask::avx512::{self as wide, TILE, WIDE};
+        use mask::avx512::{self as wide, TILE};
         let n_features = self.n_features;
         let w = self.lanes;
         let mut tiles = Vec::with_capacity(n_rows.div_ceil(TILE) * TILE * n_features);
@@ -413,25 +413,17 @@ impl Forest {
             };
             let splits = &self.splits[tree.splits.clone()];
             let class_values = &self.class_values[tree.class_values.clone()];
-            let padded = class_values.len() / n_classes;
-            let narrow = padded <= 32;
+            let n_leaves = tree.probs.len() / w;
             for (tile, sums) in tiles
                 .chunks_exact(TILE * n_features)
                 .zip(major.chunks_exact_mut(per_tile))
             {
-                let found = if narrow {
-                    wide::leaves_narrow::<f64, false>(splits, tile)
-                } else {
-                    wide::leaves_wide::<f64, false>(splits, tile)
-                };
+                let found = wide::leaves::<f64, false>(splits, tile, n_leaves);
                 for (values, sums) in class_values
-                    .chunks_exact(padded)
+                    .chunks_exact(mask::padded_len(n_leaves))
                     .zip(sums.chunks_exact_mut(TILE))
                 {
-                    for (found, sums) in found.iter().zip(sums.as_chunks_mut::<WIDE>().0) {
-                        // SAFETY: this function's features include avx512f.
-                        unsafe { <f32 as wide::Lane>::add_values(*found, values, sums) };
-                    }
+                    wide::add_leaf_values(&found, values, sums);
                 }
             }
         }

@@ -273,7 +273,7 @@ impl Kernel {
                 },
             };
             let depth = depth(tree);
-            // Where this tree's `f32` values start, if it is a mask tree.
+            // Where this tree's padded values start, if it is a mask tree.
             k.wide_values_at.push(if k.single_precision {
                 k.wide_values32.len()
             } else {
@@ -469,7 +469,7 @@ impl Kernel {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512cd")]
     fn run_avx512<V: WideLane>(&self, e: &Ensemble, rows: &[f64]) -> Vec<f64> {
-        use mask::avx512::{self as wide, BLOCKS, TILE, WIDE};
+        use mask::avx512::{self as wide, TILE, WIDE};
         let nf = e.features.len();
         let width = e.n_outputs;
         let n_rows = rows.len() / nf;
@@ -503,26 +503,16 @@ impl Kernel {
                     continue;
                 };
                 let s = &all_splits[splits.clone()];
-                let found = match (leaves.len() <= 32, class == Class::Plain) {
-                    (true, true) => wide::leaves_narrow::<V, false>(s, &major),
-                    (true, false) => wide::leaves_narrow::<V, true>(s, &major),
-                    (false, true) => wide::leaves_wide::<V, false>(s, &major),
-                    (false, false) => wide::leaves_wide::<V, true>(s, &major),
+                let found = if class == Class::Plain {
+                    wide::leaves::<V, false>(s, &major, leaves.len())
+                } else {
+                    wide::leaves::<V, true>(s, &major, leaves.len())
                 };
                 if let Some(o) = self.single_output[t] {
                     let at = self.wide_values_at[t];
                     let values = &all_values[at..at + mask::padded_len(leaves.len())];
                     let at = o as usize * TILE;
-                    let lanes: &mut [[V; WIDE]; BLOCKS] =
-                        match sums[at..at + TILE].as_chunks_mut::<WIDE>().0.try_into() {
-                            Ok(s) => s,
-                            // invariant: the range is TILE long, BLOCKS chunks of WIDE.
-                            Err(_) => unreachable!(),
-                        };
-                    for (found, lanes) in found.into_iter().zip(lanes) {
-                        // SAFETY: this function's features include avx512f.
-                        unsafe { V::add_values(found, values, lanes) };
-                    }
+                    wide::add_leaf_values(&found, values, &mut sums[at..at + TILE]);
                     continue;
                 }
                 let ids = &self.mask_leaves[leaves.clone()];

@@ -290,6 +290,34 @@ pub fn leaves_wide<V: Lane, const MISSING: bool>(
     })
 }
 
+/// The leaf number of each of a tile's rows in a tree of `n_leaves` leaves (at most 64):
+/// `leaves_narrow` up to 32 leaves, `leaves_wide` above.
+#[inline]
+#[target_feature(enable = "avx512f,avx512cd")]
+pub fn leaves<V: Lane, const MISSING: bool>(
+    splits: &[Split<V>],
+    tile: &[V],
+    n_leaves: usize,
+) -> [__m512i; BLOCKS] {
+    if n_leaves <= 32 {
+        leaves_narrow::<V, MISSING>(splits, tile)
+    } else {
+        leaves_wide::<V, MISSING>(splits, tile)
+    }
+}
+
+/// Adds each of a tile's rows its leaf's value (`values` from `super::pad_values`) into
+/// `sums`, one output's `TILE` sums in row order.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn add_leaf_values<V: Lane>(leaves: &[__m512i; BLOCKS], values: &[V], sums: &mut [V]) {
+    debug_assert_eq!(sums.len(), TILE);
+    for (leaves, sums) in leaves.iter().zip(sums.as_chunks_mut::<WIDE>().0) {
+        // SAFETY: this function's features include avx512f.
+        unsafe { V::add_values(*leaves, values, sums) };
+    }
+}
+
 /// The 16 leaf numbers as an array.
 #[inline]
 #[target_feature(enable = "avx512f")]
